@@ -1,0 +1,67 @@
+package profile
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Pos is a position in a profile file (1-based line and column).
+type Pos struct {
+	Line, Column int
+}
+
+// FieldError is one problem in a profile: where it is, which field, and what is expected.
+type FieldError struct {
+	File string
+	Pos  Pos
+	// Path is the field path, e.g. spec.nodes[1].address.
+	Path string
+	Msg  string
+}
+
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Pos.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Pos.Line)
+		if e.Pos.Column > 0 { // YAML syntax errors know only the line
+			fmt.Fprintf(&b, ":%d", e.Pos.Column)
+		}
+	}
+	if e.Path != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Path)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Errors is every problem found in one profile, in file order.
+type Errors []*FieldError
+
+// maxErrors bounds how many problems one load reports; the rest are summarised.
+const maxErrors = 25
+
+func (es Errors) Error() string {
+	lines := make([]string, 0, len(es))
+	for i, e := range es {
+		if i == maxErrors {
+			lines = append(lines, fmt.Sprintf("... and %d more problems", len(es)-maxErrors))
+			break
+		}
+		lines = append(lines, e.Error())
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (es Errors) sorted() Errors {
+	sort.SliceStable(es, func(i, j int) bool {
+		if es[i].Pos.Line != es[j].Pos.Line {
+			return es[i].Pos.Line < es[j].Pos.Line
+		}
+		return es[i].Pos.Column < es[j].Pos.Column
+	})
+	return es
+}
