@@ -16,10 +16,10 @@ const SchemaID = "https://castellan.dev/schemas/cluster-v1alpha1.json"
 // this package's source directory: its doc comments become descriptions.
 func Schema(commentsDir string) ([]byte, error) {
 	r := &jsonschema.Reflector{
-		FieldNameTag:              "yaml",
+		FieldNameTag:               "yaml",
 		RequiredFromJSONSchemaTags: true,
-		DoNotReference:            false,
-		Mapper:                    schemaMapper,
+		DoNotReference:             false,
+		Mapper:                     schemaMapper,
 	}
 	if commentsDir != "" {
 		if err := r.AddGoComments("castellan/installer/profile", commentsDir); err != nil {
