@@ -1,0 +1,347 @@
+package ssh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Client is one SSH connection to one host, reused for every command and
+// upload. It is safe for concurrent use.
+type Client struct {
+	cfg     Config
+	host    Host
+	addr    string
+	name    string
+	user    string
+	log     *slog.Logger
+	conn    *ssh.Client
+	bastion *Client // the connection this one is tunnelled through, if any
+	owns    bool    // Close also closes bastion
+
+	accepted []AcceptedKey
+
+	dead     chan struct{} // closed when the connection is gone
+	deadOnce sync.Once
+	deadErr  error // why; written before dead is closed
+	closed   atomic.Bool
+	sudoOK   atomic.Bool // a sudo -n command succeeded on this connection
+}
+
+// connector dials clients. It holds what is shared by all the connections of
+// a run: the host key checker and the parsed credentials.
+type connector struct {
+	cfg         Config
+	hk          *hostKeyChecker
+	creds       *credentials
+	bastionCred *credentials
+}
+
+func newConnector(cfg Config) (*connector, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	hk, err := newHostKeyChecker(cfg.KnownHostsFile, cfg.AcceptNewHostKeys, cfg.HashKnownHosts, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	cr, err := loadCredentials(cfg.User, cfg.KeyFiles, cfg.UseAgent, cfg.AgentSocket)
+	if err != nil {
+		return nil, err
+	}
+	k := &connector{cfg: cfg, hk: hk, creds: cr}
+	if b := cfg.Bastion; b != nil {
+		k.bastionCred, err = loadCredentials(b.User, b.KeyFiles, b.UseAgent, b.AgentSocket)
+		if err != nil {
+			return nil, fmt.Errorf("bastion: %w", err)
+		}
+	}
+	return k, nil
+}
+
+// Connect opens a connection to h (through cfg.Bastion if set). Network
+// errors are retried as configured; host key and authentication errors are
+// returned at once, as *HostKeyError and *AuthError.
+func Connect(ctx context.Context, cfg Config, h Host) (*Client, error) {
+	k, err := newConnector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var via *Client
+	if k.cfg.Bastion != nil {
+		via, err = k.dialBastion(ctx)
+		if err != nil {
+			return nil, err
+		}
+	}
+	c, err := k.dial(ctx, h, k.creds, via)
+	if err != nil {
+		if via != nil {
+			via.Close()
+		}
+		return nil, err
+	}
+	if via != nil {
+		c.owns = true
+		c.accepted = append(slices.Clone(via.accepted), c.accepted...)
+	}
+	return c, nil
+}
+
+func (k *connector) dialBastion(ctx context.Context) (*Client, error) {
+	c, err := k.dial(ctx, k.cfg.Bastion.host(), k.bastionCred, nil)
+	if err != nil {
+		return nil, fmt.Errorf("bastion: %w", err)
+	}
+	return c, nil
+}
+
+// dial connects with retries on network errors.
+func (k *connector) dial(ctx context.Context, h Host, cr *credentials, via *Client) (*Client, error) {
+	log := k.cfg.Logger.With("host", h.String(), "addr", h.Addr())
+	backoff := k.cfg.RetryBackoff
+	for attempt := 1; ; attempt++ {
+		c, err := k.dialOnce(ctx, h, cr, via, log)
+		if err == nil {
+			if attempt > 1 {
+				log.Info("ssh connected after retries", "attempts", attempt)
+			}
+			return c, nil
+		}
+		var ne *netError
+		if !errors.As(err, &ne) {
+			return nil, err
+		}
+		if ctx.Err() != nil || attempt > k.cfg.DialRetries || (via != nil && !via.Alive()) {
+			de := &DialError{Host: h.String(), Addr: h.Addr(), Attempts: attempt, Err: ne.err}
+			if via != nil {
+				de.Via = via.name
+			}
+			return nil, de
+		}
+		wait := backoff + rand.N(backoff/4+1)
+		log.Warn("ssh connection attempt failed, retrying", "attempt", attempt, "retry_in", wait, "err", ne.err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, &DialError{Host: h.String(), Addr: h.Addr(), Attempts: attempt, Err: fmt.Errorf("%w (last error: %v)", ctx.Err(), ne.err)}
+		case <-t.C:
+		}
+		backoff = min(backoff*2, maxRetryBackoff)
+	}
+}
+
+// netError marks an error worth retrying: the network, not the peer's
+// decision, made the attempt fail.
+type netError struct{ err error }
+
+func (e *netError) Error() string { return e.err.Error() }
+func (e *netError) Unwrap() error { return e.err }
+
+func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *Client, log *slog.Logger) (*Client, error) {
+	addr := h.Addr()
+	dctx, cancel := context.WithTimeout(ctx, k.cfg.DialTimeout)
+	defer cancel()
+
+	var conn net.Conn
+	var err error
+	if via != nil {
+		conn, err = via.conn.DialContext(dctx, "tcp", addr)
+	} else {
+		conn, err = k.cfg.Dial(dctx, "tcp", addr)
+	}
+	if err != nil {
+		return nil, &netError{err}
+	}
+	// Bound the handshake by the dial timeout and the caller's context. (The
+	// channel of a bastion connection has no deadlines: close it instead.)
+	stop := context.AfterFunc(dctx, func() { conn.Close() })
+	defer stop()
+
+	auth, release, err := cr.authMethods()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	defer release()
+
+	var refused *HostKeyError
+	var accepted []AcceptedKey
+	algos := k.hk.algorithms(addr)
+	ccfg := &ssh.ClientConfig{
+		User:              cr.user,
+		Auth:              auth,
+		HostKeyCallback:   k.hk.callback(h.String(), &refused, &accepted),
+		HostKeyAlgorithms: algos,
+		ClientVersion:     "SSH-2.0-castellan",
+		Timeout:           k.cfg.DialTimeout,
+	}
+	sconn, chans, reqs, err := ssh.NewClientConn(conn, addr, ccfg)
+	if err != nil {
+		conn.Close()
+		switch {
+		case refused != nil:
+			return nil, refused
+		case strings.Contains(err.Error(), "unable to authenticate"):
+			return nil, &AuthError{Host: h.String(), Addr: addr, User: cr.user, Offered: cr.describe(), Err: err}
+		}
+		if he := k.hk.noCommonAlgorithm(h.String(), addr, algos, err); he != nil {
+			return nil, he
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("ssh: connecting to %s (%s): %w", h, addr, ctx.Err())
+		}
+		if dctx.Err() != nil {
+			err = fmt.Errorf("ssh handshake timed out after %s: %w", k.cfg.DialTimeout, err)
+		}
+		return nil, &netError{err}
+	}
+	if !stop() {
+		sconn.Close()
+		return nil, &netError{fmt.Errorf("ssh handshake timed out after %s", k.cfg.DialTimeout)}
+	}
+	c := &Client{
+		cfg:      k.cfg,
+		host:     h,
+		addr:     addr,
+		name:     h.String(),
+		user:     cr.user,
+		log:      log,
+		conn:     ssh.NewClient(sconn, chans, reqs),
+		bastion:  via,
+		accepted: accepted,
+		dead:     make(chan struct{}),
+	}
+	go func() {
+		err := c.conn.Wait()
+		if err == nil {
+			err = errors.New("connection closed by the peer")
+		}
+		c.markDead(err)
+	}()
+	if via != nil {
+		go func() {
+			select {
+			case <-via.dead:
+				c.markDead(fmt.Errorf("bastion %s: %w", via.name, via.deathCause()))
+			case <-c.dead:
+			}
+		}()
+	}
+	if k.cfg.KeepaliveInterval > 0 {
+		go c.keepalive(k.cfg.KeepaliveInterval, k.cfg.KeepaliveCountMax)
+	}
+	log.Debug("ssh connected", "user", cr.user, "server_version", string(sconn.ServerVersion()))
+	return c, nil
+}
+
+// markDead records why the connection is gone and closes it.
+func (c *Client) markDead(err error) {
+	c.deadOnce.Do(func() {
+		if c.closed.Load() {
+			err = errors.New("client closed")
+		}
+		c.deadErr = err
+		close(c.dead)
+		c.conn.Close()
+		if !c.closed.Load() {
+			c.log.Warn("ssh connection lost", "err", err)
+		}
+	})
+}
+
+func (c *Client) deathCause() error {
+	select {
+	case <-c.dead:
+		return c.deadErr
+	default:
+		return nil
+	}
+}
+
+// keepalive sends keepalive@openssh.com requests; countMax unanswered ones in
+// a row mean the peer is dead, and the connection is closed so that every
+// session using it fails at once.
+func (c *Client) keepalive(interval time.Duration, countMax int) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var outstanding atomic.Int32
+	for {
+		select {
+		case <-c.dead:
+			return
+		case <-t.C:
+		}
+		if n := outstanding.Load(); int(n) >= countMax {
+			c.markDead(fmt.Errorf("no answer to %d keepalives over %s", n, time.Duration(n)*interval))
+			return
+		}
+		outstanding.Add(1)
+		go func() {
+			if _, _, err := c.conn.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+				c.markDead(fmt.Errorf("keepalive: %w", err))
+				return
+			}
+			outstanding.Store(0)
+		}()
+	}
+}
+
+// Alive reports whether the connection is still usable.
+func (c *Client) Alive() bool {
+	select {
+	case <-c.dead:
+		return false
+	default:
+		return true
+	}
+}
+
+// Host is the host this client is connected to.
+func (c *Client) Host() Host { return c.host }
+
+// AcceptedHostKeys lists the host keys recorded into known_hosts while this
+// client (and its bastion) connected, because AcceptNewHostKeys was set.
+func (c *Client) AcceptedHostKeys() []AcceptedKey { return slices.Clone(c.accepted) }
+
+// Close closes the connection (and the bastion connection when Connect
+// opened it for this client).
+func (c *Client) Close() error {
+	c.closed.Store(true)
+	err := c.conn.Close()
+	c.markDead(errors.New("client closed"))
+	if c.owns && c.bastion != nil {
+		c.bastion.Close()
+	}
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// lost builds the error for an operation that failed because the
+// connection died, or returns nil if the connection still looks alive after
+// a short grace period (the transport may notice a moment later than the
+// session).
+func (c *Client) lost(op string, grace time.Duration) error {
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-c.dead:
+	case <-t.C:
+		return nil
+	}
+	return &ConnectionLostError{Host: c.name, Addr: c.addr, Command: op, Err: c.deadErr}
+}

@@ -1,0 +1,217 @@
+// Package ssh is castellan's transport: every command and every file that
+// reaches a node goes through it.
+//
+// It is built on golang.org/x/crypto/ssh with these rules:
+//   - host keys are always checked against a known_hosts file (hashed entries
+//     supported); the host key algorithms offered to the server are the ones
+//     known_hosts holds for that host, so a host pinned by its ed25519 key is
+//     not refused because the server would have preferred ecdsa;
+//   - unknown keys are refused unless Config.AcceptNewHostKeys is set (then
+//     they are recorded and reported by AcceptedHostKeys), changed keys are
+//     always refused;
+//   - one connection per node for the whole run (see Pool), kept alive with
+//     keepalive@openssh.com requests that also detect a dead peer;
+//   - commands are argv vectors, quoted for a POSIX shell on the remote side
+//     and run with exec (and `sudo -n --` when privileged), never built by
+//     concatenating user values;
+//   - uploads go over SFTP to a temporary name, are verified with sha256sum on
+//     the node, get their owner and mode, and are renamed into place
+//     atomically.
+//
+// The remote login shell of the user must be a POSIX shell (sh, dash, bash,
+// ksh, zsh).
+package ssh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Defaults applied to a zero Config field.
+const (
+	DefaultDialTimeout       = 15 * time.Second
+	DefaultCommandTimeout    = 10 * time.Minute
+	DefaultKeepaliveInterval = 15 * time.Second
+	DefaultKeepaliveCountMax = 3
+	DefaultDialRetries       = 3
+	DefaultRetryBackoff      = 500 * time.Millisecond
+	maxRetryBackoff          = 10 * time.Second
+)
+
+// Config describes how to reach and authenticate to nodes. The zero values of
+// the durations and counters mean "use the default".
+type Config struct {
+	// User is the login user on the nodes.
+	User string
+	// KeyFiles are unencrypted private key files (OpenSSH, PKCS#1/8 PEM).
+	// An encrypted key gives a clear error: use an agent for those.
+	KeyFiles []string
+	// UseAgent also offers the keys held by the ssh-agent at AgentSocket
+	// (default: $SSH_AUTH_SOCK).
+	UseAgent    bool
+	AgentSocket string
+
+	// KnownHostsFile is the known_hosts file every host key (bastion
+	// included) is checked against. Required. Entries are matched on the
+	// address dialed (Host.Address, or "[addr]:port" for a port other than 22).
+	KnownHostsFile string
+	// AcceptNewHostKeys records keys of hosts that known_hosts does not know
+	// yet into KnownHostsFile (trust on first use). A key that differs from a
+	// known one is never accepted.
+	AcceptNewHostKeys bool
+	// HashKnownHosts writes accepted entries with a hashed host name.
+	HashKnownHosts bool
+
+	// Sudo makes every command and upload privileged (`sudo -n`), as if
+	// Cmd.Sudo / Upload.Sudo were set.
+	Sudo bool
+
+	// Bastion, when set, is the jump host every node is reached through
+	// (ProxyJump semantics: the TCP connection to the node is a channel of the
+	// bastion's SSH connection).
+	Bastion *Bastion
+
+	// DialTimeout bounds one connection attempt: TCP connect, SSH handshake
+	// and authentication.
+	DialTimeout time.Duration
+	// CommandTimeout is the default timeout of a command (Cmd.Timeout
+	// overrides it). A negative value means no timeout.
+	CommandTimeout time.Duration
+	// KeepaliveInterval is the period of keepalive@openssh.com requests; the
+	// connection is declared dead after KeepaliveCountMax unanswered ones.
+	// A negative interval disables keepalives.
+	KeepaliveInterval time.Duration
+	KeepaliveCountMax int
+	// DialRetries is how many times a failed connection attempt is retried,
+	// with exponential backoff starting at RetryBackoff. Only network errors
+	// are retried, never authentication or host key errors. Zero means
+	// DefaultDialRetries; a negative value disables retries.
+	DialRetries  int
+	RetryBackoff time.Duration
+
+	// Dial opens the TCP connection to a node (or to the bastion). Default: a
+	// net.Dialer. Tests plug in a dialer that creates its socket inside a
+	// network namespace.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// Logger receives structured logs (never secrets). Default: discard.
+	Logger *slog.Logger
+}
+
+// Bastion is a jump host. Its host key is checked against the same
+// known_hosts file as the nodes'.
+type Bastion struct {
+	Name    string // for messages; defaults to Address
+	Address string
+	Port    int // default 22
+	User    string
+	// KeyFiles, UseAgent and AgentSocket: the bastion's own credentials.
+	KeyFiles    []string
+	UseAgent    bool
+	AgentSocket string
+}
+
+// Host is a node to connect to.
+type Host struct {
+	Name    string // for messages and as the pool key; defaults to Address
+	Address string // IP address or DNS name dialed and looked up in known_hosts
+	Port    int    // default 22
+}
+
+// Addr is the host:port that is dialed and looked up in known_hosts.
+func (h Host) Addr() string {
+	a := h.Address
+	if a == "" {
+		a = h.Name
+	}
+	p := h.Port
+	if p == 0 {
+		p = 22
+	}
+	return net.JoinHostPort(a, strconv.Itoa(p))
+}
+
+// String is the name used in messages.
+func (h Host) String() string {
+	if h.Name != "" {
+		return h.Name
+	}
+	return h.Addr()
+}
+
+func (b *Bastion) host() Host {
+	return Host{Name: b.Name, Address: b.Address, Port: b.Port}
+}
+
+// withDefaults validates cfg and fills in defaults.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.User == "" {
+		return cfg, errors.New("ssh: config: User is required")
+	}
+	if len(cfg.KeyFiles) == 0 && !cfg.UseAgent {
+		return cfg, errors.New("ssh: config: no credentials: give KeyFiles or UseAgent")
+	}
+	if cfg.KnownHostsFile == "" {
+		return cfg, errors.New("ssh: config: KnownHostsFile is required (host keys are always verified)")
+	}
+	if b := cfg.Bastion; b != nil {
+		if b.Address == "" {
+			return cfg, errors.New("ssh: config: Bastion.Address is required")
+		}
+		if b.User == "" {
+			return cfg, errors.New("ssh: config: Bastion.User is required")
+		}
+		if len(b.KeyFiles) == 0 && !b.UseAgent {
+			return cfg, errors.New("ssh: config: no credentials for the bastion: give Bastion.KeyFiles or Bastion.UseAgent")
+		}
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.CommandTimeout == 0 {
+		cfg.CommandTimeout = DefaultCommandTimeout
+	}
+	if cfg.KeepaliveInterval == 0 {
+		cfg.KeepaliveInterval = DefaultKeepaliveInterval
+	}
+	if cfg.KeepaliveCountMax <= 0 {
+		cfg.KeepaliveCountMax = DefaultKeepaliveCountMax
+	}
+	switch {
+	case cfg.DialRetries == 0:
+		cfg.DialRetries = DefaultDialRetries
+	case cfg.DialRetries < 0:
+		cfg.DialRetries = 0
+	}
+	if cfg.RetryBackoff <= 0 {
+		cfg.RetryBackoff = DefaultRetryBackoff
+	}
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = d.DialContext
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.UseAgent && cfg.AgentSocket == "" {
+		cfg.AgentSocket = os.Getenv("SSH_AUTH_SOCK")
+		if cfg.AgentSocket == "" {
+			return cfg, errors.New("ssh: config: UseAgent is set but SSH_AUTH_SOCK is empty (is ssh-agent running?)")
+		}
+	}
+	if b := cfg.Bastion; b != nil && b.UseAgent && b.AgentSocket == "" {
+		bb := *b
+		bb.AgentSocket = os.Getenv("SSH_AUTH_SOCK")
+		if bb.AgentSocket == "" {
+			return cfg, fmt.Errorf("ssh: config: Bastion.UseAgent is set but SSH_AUTH_SOCK is empty (is ssh-agent running?)")
+		}
+		cfg.Bastion = &bb
+	}
+	return cfg, nil
+}

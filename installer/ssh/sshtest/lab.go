@@ -1,0 +1,603 @@
+package sshtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	castssh "castellan/installer/ssh"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
+)
+
+// Key types a node can have.
+const (
+	Ed25519 = "ed25519"
+	ECDSA   = "ecdsa"
+	RSA     = "rsa"
+)
+
+// AllKeyTypes is the default set of host key types.
+var AllKeyTypes = []string{Ed25519, ECDSA, RSA}
+
+// Options shape a Lab.
+type Options struct {
+	// Nodes reachable directly from the client namespace.
+	Nodes int
+	// HiddenNodes reachable only through a bastion; a bastion node is added
+	// when it is > 0 (or when Bastion is set).
+	HiddenNodes int
+	Bastion     bool
+	// HostKeyTypes each sshd gets (default AllKeyTypes). Every node has its
+	// own keys.
+	HostKeyTypes []string
+	// RSABits for RSA host keys (default 2048).
+	RSABits int
+}
+
+// Lab is a set of sshd peers in network namespaces, torn down by t.Cleanup.
+type Lab struct {
+	ID  string
+	Dir string // lab files: keys, configs, logs (readable by the test users)
+
+	// User has passwordless sudo; PasswordUser's sudo asks for a password.
+	// Both authenticate with KeyFile.
+	User, PasswordUser string
+	KeyFile            string     // client private key (never print it)
+	Signer             ssh.Signer // the same key, e.g. to load into an agent
+
+	ClientNS string  // name of the client namespace
+	Nodes    []*Node // direct nodes
+	Bastion  *Node   // nil without bastion
+	Hidden   []*Node // behind the bastion
+
+	// SetupTime is how long New took.
+	SetupTime time.Duration
+
+	t        testing.TB
+	subnet   int // second octet of 10.x.0.0/16
+	clientH  netns.NsHandle
+	mu       sync.Mutex
+	closed   bool
+	logDone  chan struct{}
+	statePth string
+}
+
+// Node is one sshd in its own namespace.
+type Node struct {
+	Name    string
+	NS      string
+	Address string // address the client (or, for hidden nodes, the bastion) dials
+	Port    int
+	// Addresses are all the node's addresses (a bastion has two).
+	Addresses []string
+	// HostKeys by key type (Ed25519, ECDSA, RSA).
+	HostKeys map[string]ssh.PublicKey
+	Dir      string
+	LogFile  string
+
+	lab  *Lab
+	nsH  netns.NsHandle
+	cmd  *exec.Cmd
+	done chan struct{} // closed when sshd exited
+}
+
+// New builds a lab: namespaces, links, users, keys and one sshd per node,
+// all ready to accept connections when it returns.
+func New(t testing.TB, opts Options) *Lab {
+	t.Helper()
+	Require(t)
+	start := time.Now()
+	if opts.Nodes < 0 || opts.HiddenNodes < 0 || opts.Nodes+opts.HiddenNodes == 0 && !opts.Bastion {
+		t.Fatalf("sshtest: a lab needs at least one node")
+	}
+	if opts.Nodes > 250*126 || opts.HiddenNodes > 250*126 {
+		t.Fatalf("sshtest: too many nodes")
+	}
+	if len(opts.HostKeyTypes) == 0 {
+		opts.HostKeyTypes = AllKeyTypes
+	}
+	if opts.RSABits == 0 {
+		opts.RSABits = 2048
+	}
+	sweepStale(t)
+
+	id := randomHex(4)
+	l := &Lab{
+		ID:           id,
+		t:            t,
+		User:         "cst-" + id,
+		PasswordUser: "cst-" + id + "-pw",
+		ClientNS:     "cst-" + id + "-c",
+		subnet:       64 + int(randomByte())%186,
+		logDone:      make(chan struct{}),
+		clientH:      netns.None(),
+	}
+	dir, err := os.MkdirTemp("", "cst-"+id+"-")
+	if err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
+	l.Dir = dir
+	// The test users must reach authorized_keys and their directories.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
+
+	for i := 0; i < opts.Nodes; i++ {
+		l.Nodes = append(l.Nodes, l.newNode(fmt.Sprintf("n%d", i), l.addr(false, i)))
+	}
+	if opts.Bastion || opts.HiddenNodes > 0 {
+		l.Bastion = l.newNode("bastion", l.addr(false, opts.Nodes))
+		l.Bastion.Addresses = append(l.Bastion.Addresses, fmt.Sprintf("10.%d.128.1", l.subnet))
+		for i := 0; i < opts.HiddenNodes; i++ {
+			l.Hidden = append(l.Hidden, l.newNode(fmt.Sprintf("h%d", i), l.addr(true, i)))
+		}
+	}
+
+	// Record what we are about to create before creating it, so that a
+	// killed test process leaves something the next New can sweep.
+	l.statePth = writeState(t, l.state())
+	t.Cleanup(l.teardown)
+
+	if err := l.setup(opts); err != nil {
+		t.Fatalf("sshtest: setting up lab %s: %v", id, err)
+	}
+	l.SetupTime = time.Since(start)
+	t.Logf("sshtest: lab %s: %d nodes, %d hidden, bastion=%v, subnet 10.%d.0.0/16, ready in %s",
+		id, len(l.Nodes), len(l.Hidden), l.Bastion != nil, l.subnet, l.SetupTime.Round(time.Millisecond))
+	return l
+}
+
+// addr gives node i of the direct (10.x.0.0/17) or hidden (10.x.128.0/17)
+// network. .1 of each is taken by the bridge.
+func (l *Lab) addr(hidden bool, i int) string {
+	base := 0
+	if hidden {
+		base = 128
+	}
+	return fmt.Sprintf("10.%d.%d.%d", l.subnet, base+i/250, i%250+2)
+}
+
+func (l *Lab) newNode(name, addr string) *Node {
+	return &Node{
+		Name: name, NS: "cst-" + l.ID + "-" + name, Address: addr, Port: 22,
+		Addresses: []string{addr}, HostKeys: map[string]ssh.PublicKey{},
+		Dir: filepath.Join(l.Dir, name), lab: l, done: make(chan struct{}), nsH: netns.None(),
+	}
+}
+
+// AllNodes is Nodes, then the bastion, then the hidden nodes.
+func (l *Lab) AllNodes() []*Node {
+	all := append([]*Node(nil), l.Nodes...)
+	if l.Bastion != nil {
+		all = append(all, l.Bastion)
+	}
+	return append(all, l.Hidden...)
+}
+
+func (l *Lab) namespaces() []string {
+	ns := []string{l.ClientNS}
+	for _, n := range l.AllNodes() {
+		ns = append(ns, n.NS)
+	}
+	return ns
+}
+
+func (l *Lab) setup(opts Options) error {
+	var g errgroup.Group
+	g.Go(func() error { return l.setupUsers() })
+	g.Go(func() error { return l.setupKeys(opts) })
+	g.Go(func() error { return l.setupNetwork() })
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	h, err := netns.GetFromName(l.ClientNS)
+	if err != nil {
+		return fmt.Errorf("opening namespace %s: %w", l.ClientNS, err)
+	}
+	l.clientH = h
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil { // sshd's privilege separation directory
+		return err
+	}
+	g = errgroup.Group{}
+	g.SetLimit(8)
+	for _, n := range l.AllNodes() {
+		g.Go(func() error { return n.start() })
+	}
+	return g.Wait()
+}
+
+func (l *Lab) setupUsers() error {
+	for _, u := range []string{l.User, l.PasswordUser} {
+		// -p '*': no password but not locked (sshd refuses locked accounts
+		// without PAM); /bin/sh without rc files; home / so that sshd has
+		// a directory to change to.
+		if out, err := exec.Command("useradd", "-r", "-M", "-p", "*", "-s", "/bin/sh", "-d", "/", u).CombinedOutput(); err != nil {
+			return fmt.Errorf("useradd %s: %v: %s", u, err, out)
+		}
+	}
+	rules := fmt.Sprintf("%s ALL=(ALL:ALL) NOPASSWD: ALL\n%s ALL=(ALL:ALL) ALL\n", l.User, l.PasswordUser)
+	// sudo ignores names with a dot: write, check, then rename into place.
+	tmp := filepath.Join("/etc/sudoers.d", "."+l.sudoersName())
+	if err := os.WriteFile(tmp, []byte(rules), 0o440); err != nil {
+		return err
+	}
+	if out, err := exec.Command("visudo", "-cf", tmp).CombinedOutput(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("visudo: %v: %s", err, out)
+	}
+	return os.Rename(tmp, filepath.Join("/etc/sudoers.d", l.sudoersName()))
+}
+
+func (l *Lab) sudoersName() string { return "cst-" + l.ID }
+
+// setupNetwork creates the namespaces, the client bridge, one veth per node
+// and, with a bastion, the hidden bridge inside the bastion's namespace.
+func (l *Lab) setupNetwork() error {
+	var b strings.Builder
+	for _, ns := range l.namespaces() {
+		fmt.Fprintf(&b, "netns add %s\n", ns)
+	}
+	if err := ipBatch("", b.String()); err != nil {
+		return err
+	}
+	b.Reset()
+	fmt.Fprintf(&b, "link set lo up\nlink add br0 type bridge\naddr add 10.%d.0.1/17 dev br0\nlink set br0 up\n", l.subnet)
+	direct := append([]*Node(nil), l.Nodes...)
+	if l.Bastion != nil {
+		direct = append(direct, l.Bastion)
+	}
+	for i, n := range direct {
+		fmt.Fprintf(&b, "link add v%d type veth peer name eth0 netns %s\nlink set v%d master br0\nlink set v%d up\n", i, n.NS, i, i)
+	}
+	if err := ipBatch(l.ClientNS, b.String()); err != nil {
+		return err
+	}
+	if l.Bastion != nil {
+		b.Reset()
+		fmt.Fprintf(&b, "link add hbr type bridge\naddr add 10.%d.128.1/17 dev hbr\nlink set hbr up\n", l.subnet)
+		for i, n := range l.Hidden {
+			fmt.Fprintf(&b, "link add h%d type veth peer name eth0 netns %s\nlink set h%d master hbr\nlink set h%d up\n", i, n.NS, i, i)
+		}
+		if err := ipBatch(l.Bastion.NS, b.String()); err != nil {
+			return err
+		}
+	}
+	var g errgroup.Group
+	g.SetLimit(4)
+	for _, n := range l.AllNodes() {
+		g.Go(func() error {
+			return ipBatch(n.NS, fmt.Sprintf("link set lo up\naddr add %s/17 dev eth0\nlink set eth0 up\n", n.Address))
+		})
+	}
+	return g.Wait()
+}
+
+func ipBatch(ns, script string) error {
+	args := []string{"-batch", "-"}
+	if ns != "" {
+		args = append([]string{"-n", ns}, args...)
+	}
+	cmd := exec.Command("ip", args...)
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// start writes the node's sshd config and runs sshd inside its namespace,
+// waiting until it listens.
+func (n *Node) start() error {
+	l := n.lab
+	h, err := netns.GetFromName(n.NS)
+	if err != nil {
+		return fmt.Errorf("opening namespace %s: %w", n.NS, err)
+	}
+	n.nsH = h
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "Port %d\n", n.Port)
+	for _, a := range n.Addresses {
+		fmt.Fprintf(&cfg, "ListenAddress %s\n", a)
+	}
+	for _, typ := range AllKeyTypes {
+		if _, ok := n.HostKeys[typ]; ok {
+			fmt.Fprintf(&cfg, "HostKey %s\n", filepath.Join(n.Dir, "ssh_host_"+typ+"_key"))
+		}
+	}
+	fmt.Fprintf(&cfg, `PidFile none
+UsePAM no
+StrictModes no
+MaxStartups 1000
+MaxSessions 200
+UseDNS no
+PrintMotd no
+PrintLastLog no
+PermitRootLogin no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AllowTcpForwarding yes
+AuthorizedKeysFile %s
+AllowUsers %s %s
+Subsystem sftp %s
+LogLevel INFO
+`, filepath.Join(l.Dir, "authorized_keys"), l.User, l.PasswordUser, sftpServer())
+	cfgPath := filepath.Join(n.Dir, "sshd_config")
+	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
+		return err
+	}
+	n.LogFile = filepath.Join(n.Dir, "sshd.log")
+	logf, err := os.Create(n.LogFile)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		logf.Close()
+		return err
+	}
+	if err := startInNS(h, cmd); err != nil {
+		logf.Close()
+		return fmt.Errorf("starting sshd for %s: %w", n.Name, err)
+	}
+	n.cmd = cmd
+	ready := make(chan struct{})
+	go func() {
+		defer close(n.done)
+		defer logf.Close()
+		sc := bufio.NewScanner(stderr)
+		listening := 0
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(logf, line)
+			if strings.Contains(line, "Server listening on") {
+				if listening++; listening == len(n.Addresses) {
+					close(ready)
+				}
+			}
+		}
+		_ = cmd.Wait()
+	}()
+	select {
+	case <-ready:
+		return nil
+	case <-n.done:
+		log, _ := os.ReadFile(n.LogFile)
+		return fmt.Errorf("sshd for %s exited at start: %s", n.Name, log)
+	case <-time.After(20 * time.Second):
+		return fmt.Errorf("sshd for %s not listening after 20s", n.Name)
+	}
+}
+
+// startInNS starts cmd from a thread that sits in namespace h: the child
+// inherits it.
+func startInNS(h netns.NsHandle, cmd *exec.Cmd) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if err := netns.Set(h); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	startErr := cmd.Start()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: it is discarded when the goroutine ends.
+		return fmt.Errorf("restoring the network namespace: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return startErr
+}
+
+// Dial opens a TCP connection from inside the client namespace. Plug it into
+// ssh.Config.Dial. The socket is created on a thread switched into the
+// namespace and stays there; the thread is switched back before it is
+// released.
+func (l *Lab) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	l.mu.Lock()
+	closed := l.closed
+	l.mu.Unlock()
+	if closed {
+		return nil, fmt.Errorf("sshtest: lab %s is torn down", l.ID)
+	}
+	return dialInNS(ctx, l.clientH, network, addr)
+}
+
+func dialInNS(ctx context.Context, h netns.NsHandle, network, addr string) (net.Conn, error) {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	defer orig.Close()
+	if err := netns.Set(h); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("entering the lab namespace: %w", err)
+	}
+	var d net.Dialer
+	conn, dialErr := d.DialContext(ctx, network, addr)
+	if err := netns.Set(orig); err != nil {
+		if conn != nil {
+			conn.Close()
+		}
+		return nil, fmt.Errorf("restoring the network namespace: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return conn, dialErr
+}
+
+// Exec runs argv inside namespace ns (`ip netns exec`), returning combined
+// output.
+func (l *Lab) Exec(ctx context.Context, ns string, argv ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("ip netns exec %s %s: %w: %s", ns, strings.Join(argv, " "), err, out)
+	}
+	return out, nil
+}
+
+// Host is the castellan host of the node.
+func (n *Node) Host() castssh.Host {
+	return castssh.Host{Name: n.Name, Address: n.Address, Port: n.Port}
+}
+
+// Hosts returns the castellan hosts of nodes.
+func Hosts(nodes []*Node) []castssh.Host {
+	hs := make([]castssh.Host, len(nodes))
+	for i, n := range nodes {
+		hs[i] = n.Host()
+	}
+	return hs
+}
+
+// Config returns a castellan ssh.Config for this lab: User with its key,
+// a known_hosts file holding every node's keys, the lab dialer, the bastion
+// if there is one, and a logger writing to the test log.
+func (l *Lab) Config() castssh.Config {
+	cfg := castssh.Config{
+		User:           l.User,
+		KeyFiles:       []string{l.KeyFile},
+		KnownHostsFile: l.WriteKnownHosts(KnownHostsOptions{}),
+		Dial:           l.Dial,
+		Logger:         l.Logger(),
+		DialTimeout:    10 * time.Second,
+	}
+	if b := l.Bastion; b != nil {
+		cfg.Bastion = &castssh.Bastion{Name: b.Name, Address: b.Address, Port: b.Port, User: l.User, KeyFiles: []string{l.KeyFile}}
+	}
+	return cfg
+}
+
+// Logger writes to the test log until the test ends (later writes from
+// background goroutines are dropped instead of panicking).
+func (l *Lab) Logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(&testWriter{l: l}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ l *Lab }
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	select {
+	case <-w.l.logDone:
+	default:
+		w.l.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+// UserDir creates a directory owned by the lab user (for uploads as that
+// user) and returns its path. Nodes share the host's file system: what a
+// node writes there is visible to the test.
+func (l *Lab) UserDir(name string) string {
+	l.t.Helper()
+	d := filepath.Join(l.Dir, "files", name)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		l.t.Fatal(err)
+	}
+	if out, err := exec.Command("chown", l.User, d).CombinedOutput(); err != nil {
+		l.t.Fatalf("chown: %v: %s", err, out)
+	}
+	return d
+}
+
+// DropConnections kills every process of every connection the node's sshd
+// is serving (the per-connection sshd and the commands it runs), as a crash
+// or a network cut would; the listener stays up.
+func (n *Node) DropConnections() error {
+	return signalDescendants(n.cmd.Process.Pid, 9)
+}
+
+// FreezeConnections stops (SIGSTOP) the node's per-connection processes:
+// TCP stays up but nothing answers, as with a hung peer. Call the returned
+// function to resume them.
+func (n *Node) FreezeConnections() (thaw func() error, err error) {
+	if err := signalDescendants(n.cmd.Process.Pid, 19); err != nil {
+		return nil, err
+	}
+	return func() error { return signalDescendants(n.cmd.Process.Pid, 18) }, nil
+}
+
+// Connections counts the node's per-connection sshd processes.
+func (n *Node) Connections() int {
+	kids, _ := children(n.cmd.Process.Pid)
+	return len(kids)
+}
+
+// teardown removes everything the lab created.
+func (l *Lab) teardown() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	if l.t.Failed() {
+		for _, n := range l.AllNodes() {
+			if b, err := os.ReadFile(n.LogFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
+				l.t.Logf("sshtest: sshd log of %s:\n%s", n.Name, tail(b, 2000))
+			}
+		}
+	}
+	st := l.state()
+	if err := removeLab(st); err != nil {
+		l.t.Errorf("sshtest: tearing down lab %s: %v", l.ID, err)
+	}
+	for _, n := range l.AllNodes() {
+		if n.cmd != nil {
+			select {
+			case <-n.done:
+			case <-time.After(5 * time.Second):
+				l.t.Errorf("sshtest: sshd of %s did not exit", n.Name)
+			}
+		}
+		if n.nsH.IsOpen() {
+			n.nsH.Close()
+		}
+	}
+	if l.clientH.IsOpen() {
+		l.clientH.Close()
+	}
+	os.Remove(l.statePth)
+	close(l.logDone)
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func randomByte() byte {
+	b := make([]byte, 1)
+	_, _ = rand.Read(b)
+	return b[0]
+}
+
+var _ io.Writer = (*testWriter)(nil)

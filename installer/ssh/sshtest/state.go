@@ -1,0 +1,234 @@
+package sshtest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// stateDir records the labs alive on this machine, so that a lab left behind
+// by a killed test process can be swept. It is on tmpfs, like /run/netns.
+const stateDir = "/run/castellan-sshtest"
+
+type labState struct {
+	ID         string
+	PID        int
+	PIDStart   string // start time of PID (field 22 of /proc/PID/stat), against PID reuse
+	Namespaces []string
+	Users      []string
+	Sudoers    string
+	Dir        string
+}
+
+func (l *Lab) state() labState {
+	return labState{
+		ID: l.ID, PID: os.Getpid(), PIDStart: procStart(os.Getpid()),
+		Namespaces: l.namespaces(), Users: []string{l.User, l.PasswordUser},
+		Sudoers: filepath.Join("/etc/sudoers.d", l.sudoersName()), Dir: l.Dir,
+	}
+}
+
+func writeState(t testing.TB, st labState) string {
+	t.Helper()
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
+	p := filepath.Join(stateDir, st.ID+".json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
+	return p
+}
+
+// sweepStale removes labs whose test process is gone.
+func sweepStale(t testing.TB) {
+	entries, err := os.ReadDir(stateDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		p := filepath.Join(stateDir, e.Name())
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var st labState
+		if json.Unmarshal(b, &st) != nil {
+			continue
+		}
+		if st.PIDStart != "" && procStart(st.PID) == st.PIDStart {
+			continue // its owner is alive
+		}
+		t.Logf("sshtest: sweeping lab %s left behind by process %d", st.ID, st.PID)
+		if err := removeLab(st); err != nil {
+			t.Logf("sshtest: sweeping lab %s: %v", st.ID, err)
+			continue
+		}
+		os.Remove(p)
+	}
+}
+
+// removeLab kills every process in the lab's namespaces, deletes them, and
+// removes the users, the sudoers drop-in and the lab directory.
+func removeLab(st labState) error {
+	var errs []error
+	inodes := map[uint64]bool{}
+	var present []string
+	for _, ns := range st.Namespaces {
+		var s syscall.Stat_t
+		if err := syscall.Stat(filepath.Join("/run/netns", ns), &s); err == nil {
+			inodes[s.Ino] = true
+			present = append(present, ns)
+		}
+	}
+	if len(inodes) > 0 {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			pids := pidsInNetns(inodes)
+			if len(pids) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("processes still alive in the lab namespaces: %v", pids))
+				break
+			}
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		var b strings.Builder
+		for _, ns := range present {
+			fmt.Fprintf(&b, "netns del %s\n", ns)
+		}
+		if err := ipBatch("", b.String()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, u := range st.Users {
+		if err := exec.Command("id", "-u", u).Run(); err != nil {
+			continue // not there
+		}
+		if out, err := exec.Command("userdel", u).CombinedOutput(); err != nil {
+			if out2, err2 := exec.Command("userdel", "-f", u).CombinedOutput(); err2 != nil {
+				errs = append(errs, fmt.Errorf("userdel %s: %v: %s %s", u, err2, out, out2))
+			}
+		}
+	}
+	if st.Sudoers != "" {
+		if err := os.Remove(st.Sudoers); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if st.Dir != "" && strings.HasPrefix(filepath.Base(st.Dir), "cst-") {
+		if err := os.RemoveAll(st.Dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// procStart returns the start time of pid, or "" if it does not exist.
+func procStart(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	f := statFields(b)
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19] // field 22 overall
+}
+
+// statFields splits /proc/PID/stat after the command name, which may hold
+// spaces: the result starts with field 3 (state).
+func statFields(b []byte) []string {
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:])
+}
+
+func procPIDs() []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// pidsInNetns lists processes whose network namespace is one of inodes.
+func pidsInNetns(inodes map[uint64]bool) []int {
+	var out []int
+	for _, pid := range procPIDs() {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err != nil {
+			continue
+		}
+		// "net:[4026532...]"
+		link = strings.TrimSuffix(strings.TrimPrefix(link, "net:["), "]")
+		ino, err := strconv.ParseUint(link, 10, 64)
+		if err == nil && inodes[ino] {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// children maps the direct children of pid.
+func children(pid int) ([]int, map[int][]int) {
+	tree := map[int][]int{}
+	for _, p := range procPIDs() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		f := statFields(b)
+		if len(f) < 2 {
+			continue
+		}
+		if pp, err := strconv.Atoi(f[1]); err == nil {
+			tree[pp] = append(tree[pp], p)
+		}
+	}
+	return tree[pid], tree
+}
+
+// signalDescendants sends sig to every descendant of pid (not pid itself).
+func signalDescendants(pid int, sig syscall.Signal) error {
+	_, tree := children(pid)
+	var all []int
+	var walk func(int)
+	walk = func(p int) {
+		for _, c := range tree[p] {
+			all = append(all, c)
+			walk(c)
+		}
+	}
+	walk(pid)
+	if len(all) == 0 {
+		return fmt.Errorf("sshtest: no connection processes under sshd %d", pid)
+	}
+	for _, p := range all {
+		_ = syscall.Kill(p, sig)
+	}
+	return nil
+}

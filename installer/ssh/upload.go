@@ -1,0 +1,325 @@
+package ssh
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+)
+
+// Upload describes a file to place on a host.
+type Upload struct {
+	// Src is the content; SrcPath a local file to read instead.
+	Src     io.Reader
+	SrcPath string
+	// Size is the number of bytes Src yields, for progress and as a check
+	// (0: unknown, or taken from SrcPath).
+	Size int64
+	// Dst is the absolute destination path. Its directory must exist.
+	Dst string
+	// Mode of the destination file (default 0644).
+	Mode os.FileMode
+	// Owner and Group, by name or number (default: unchanged, i.e. the
+	// connecting user, or root with Sudo).
+	Owner, Group string
+	// SHA256 is the expected hex digest of the content. When empty it is
+	// computed while sending. Either way the file is hashed on the node
+	// (sha256sum) before it is renamed into place.
+	SHA256 string
+	// Sudo writes the file as root: the SFTP server runs through `sudo -n`.
+	Sudo bool
+	// Progress, when set, is called with the bytes sent so far and the total
+	// (0 when unknown).
+	Progress func(done, total int64)
+}
+
+// sftpServerScript finds the sftp-server binary at the usual paths and
+// execs it (through sudo when privileged). -u 077: files are created 0600
+// and get their final mode only once verified.
+func sftpServerScript(sudo bool) string {
+	paths := "/usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server /usr/libexec/sftp-server"
+	run := `exec "$p" -u 077`
+	if sudo {
+		run = `exec sudo -n -- "$p" -u 077`
+	}
+	return `for p in ` + paths + `; do if [ -x "$p" ]; then ` + run + `; fi; done; ` +
+		`echo "castellan: no sftp-server found at ` + paths + `" >&2; exit 127`
+}
+
+// sftpOptions: concurrent writes of large packets keep the channel window
+// full (OpenSSH's sftp-server accepts messages up to 256 KiB).
+func sftpOptions() []sftp.ClientOption {
+	return []sftp.ClientOption{
+		sftp.UseConcurrentWrites(true),
+		sftp.MaxConcurrentRequestsPerFile(64),
+		sftp.MaxPacketUnchecked(sftpPacketSize),
+	}
+}
+
+const sftpPacketSize = 128 << 10
+
+// openSFTP starts an SFTP server on a new session: sftp-server executed
+// directly (through sudo when privileged), or the sftp subsystem as a
+// fallback for unprivileged transfers.
+func (c *Client) openSFTP(ctx context.Context, sudo bool, op string) (*sftp.Client, func(), error) {
+	if !c.Alive() {
+		return nil, nil, &ConnectionLostError{Host: c.name, Addr: c.addr, Command: op, Err: c.deadErr}
+	}
+	sess, err := c.conn.NewSession()
+	if err != nil {
+		if lerr := c.lost(op, time.Second); lerr != nil {
+			return nil, nil, lerr
+		}
+		return nil, nil, fmt.Errorf("ssh: opening a session on %s for %s: %w", c.name, op, err)
+	}
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		sess.Close()
+		return nil, nil, fmt.Errorf("ssh: sftp on %s: %w", c.name, err)
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		sess.Close()
+		return nil, nil, fmt.Errorf("ssh: sftp on %s: %w", c.name, err)
+	}
+	stderr := &tailBuffer{max: 4096}
+	sess.Stderr = stderr
+	if err := sess.Start(sftpServerScript(sudo)); err != nil {
+		sess.Close()
+		if lerr := c.lost(op, time.Second); lerr != nil {
+			return nil, nil, lerr
+		}
+		return nil, nil, fmt.Errorf("ssh: starting sftp-server on %s: %w", c.name, err)
+	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	sc, err := sftp.NewClientPipe(stdout, stdin, sftpOptions()...)
+	if err == nil {
+		return sc, func() {
+			stop()
+			sc.Close()
+			sess.Close()
+		}, nil
+	}
+	stop()
+	// Find out why the server did not start.
+	code := -1
+	waited := make(chan error, 1)
+	go func() { waited <- sess.Wait() }()
+	select {
+	case werr := <-waited:
+		var ee *ssh.ExitError
+		if errors.As(werr, &ee) {
+			code = ee.ExitStatus()
+		}
+	case <-time.After(5 * time.Second):
+	}
+	sess.Close()
+	if lerr := c.lost(op, 100*time.Millisecond); lerr != nil {
+		return nil, nil, lerr
+	}
+	if ctx.Err() != nil {
+		return nil, nil, fmt.Errorf("ssh: %s on %s: %w", op, c.name, ctx.Err())
+	}
+	if sudo && code == 1 && !c.sudoOK.Load() {
+		if perr := c.probeSudo(ctx, op); perr != nil {
+			return nil, nil, perr
+		}
+	}
+	if code == 127 && !sudo {
+		sc, err := sftp.NewClient(c.conn, sftpOptions()...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("ssh: sftp subsystem on %s: %w", c.name, err)
+		}
+		return sc, func() { sc.Close() }, nil
+	}
+	return nil, nil, fmt.Errorf("ssh: starting sftp-server on %s (exit code %d): %v: %s",
+		c.name, code, err, strings.TrimSpace(string(stderr.bytes())))
+}
+
+// progressReader hashes and counts what is read from r and reports progress.
+type progressReader struct {
+	r        io.Reader
+	h        hash.Hash
+	n        int64
+	total    int64
+	reported int64
+	progress func(done, total int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.h.Write(b[:n])
+		p.n += int64(n)
+		if p.progress != nil && p.n-p.reported >= 1<<20 {
+			p.reported = p.n
+			p.progress(p.n, p.total)
+		}
+	}
+	return n, err
+}
+
+// Upload writes a file on the host: to a temporary name in the destination
+// directory, synced and closed, verified with sha256sum on the node, given
+// its owner and mode, then renamed over Dst atomically (posix-rename). On
+// any failure the temporary file is removed and Dst is untouched.
+func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
+	sudo := u.Sudo || c.cfg.Sudo
+	dst := u.Dst
+	if !path.IsAbs(dst) || strings.HasSuffix(dst, "/") || strings.IndexByte(dst, 0) >= 0 {
+		return fmt.Errorf("ssh: upload to %s: destination %q must be an absolute file path", c.name, dst)
+	}
+	dst = path.Clean(dst)
+	op := "upload to " + display([]string{dst})
+	want := strings.ToLower(u.SHA256)
+	if want != "" {
+		if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {
+			return fmt.Errorf("ssh: %s on %s: SHA256 %q is not a hex SHA-256 digest", op, c.name, u.SHA256)
+		}
+	}
+	mode := u.Mode
+	if mode == 0 {
+		mode = 0o644
+	}
+
+	src, total := u.Src, u.Size
+	switch {
+	case src != nil && u.SrcPath != "":
+		return fmt.Errorf("ssh: %s on %s: give Src or SrcPath, not both", op, c.name)
+	case u.SrcPath != "":
+		f, err := os.Open(u.SrcPath)
+		if err != nil {
+			return fmt.Errorf("ssh: %s on %s: %w", op, c.name, err)
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("ssh: %s on %s: %w", op, c.name, err)
+		}
+		if total == 0 {
+			total = st.Size()
+		}
+		src = f
+	case src == nil:
+		return fmt.Errorf("ssh: %s on %s: no source (Src or SrcPath)", op, c.name)
+	}
+
+	sc, closeSFTP, err := c.openSFTP(ctx, sudo, op)
+	if err != nil {
+		return err
+	}
+	defer closeSFTP()
+	// Any SFTP failure may be the connection dying: say so if it is.
+	fail := func(step string, err error) error {
+		if lerr := c.lost(op, 500*time.Millisecond); lerr != nil {
+			return lerr
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("ssh: %s on %s: %w", op, c.name, ctx.Err())
+		}
+		return fmt.Errorf("ssh: %s on %s: %s: %w", op, c.name, step, err)
+	}
+
+	dir := path.Dir(dst)
+	if st, err := sc.Stat(dir); err != nil {
+		return fail("destination directory "+dir, err)
+	} else if !st.IsDir() {
+		return fmt.Errorf("ssh: %s on %s: %s is not a directory", op, c.name, dir)
+	}
+	tmp := path.Join(dir, ".castellan-"+randomHex(8)+".tmp")
+	f, err := sc.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return fail("creating "+tmp, err)
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			if rerr := sc.Remove(tmp); rerr != nil && c.Alive() {
+				c.log.Warn("removing temporary upload file", "path", tmp, "err", rerr)
+			}
+		}
+	}()
+	// Restrict the file before any byte is written (the subsystem fallback
+	// does not honour -u 077).
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fail("chmod "+tmp, err)
+	}
+
+	start := time.Now()
+	pr := &progressReader{r: src, h: sha256.New(), total: total, progress: u.Progress}
+	n, err := f.ReadFromWithConcurrency(pr, 0)
+	if err != nil {
+		f.Close()
+		return fail("writing "+tmp, err)
+	}
+	if total > 0 && n != total {
+		f.Close()
+		return fmt.Errorf("ssh: %s on %s: source gave %d bytes, expected %d", op, c.name, n, total)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fail("fsync "+tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fail("closing "+tmp, err)
+	}
+	elapsed := time.Since(start)
+	local := hex.EncodeToString(pr.h.Sum(nil))
+	if want != "" && local != want {
+		return &ChecksumError{Host: c.name, Path: dst, Want: want, Got: local, Where: "source"}
+	}
+	if want == "" {
+		want = local
+	}
+
+	out, err := c.Output(ctx, Cmd{Argv: []string{"sha256sum", "--", tmp}, Sudo: sudo})
+	if err != nil {
+		return fmt.Errorf("ssh: %s on %s: verifying: %w", op, c.name, err)
+	}
+	got := strings.TrimPrefix(strings.Fields(out + " ")[0], `\`)
+	if got != want {
+		return &ChecksumError{Host: c.name, Path: dst, Want: want, Got: got, Where: "remote"}
+	}
+
+	if u.Owner != "" || u.Group != "" {
+		spec := u.Owner
+		if u.Group != "" {
+			spec += ":" + u.Group
+		}
+		if _, err := c.Run(ctx, Cmd{Argv: []string{"chown", "--", spec, tmp}, Sudo: sudo}); err != nil {
+			return fmt.Errorf("ssh: %s on %s: setting owner: %w", op, c.name, err)
+		}
+	}
+	// After chown, which clears set-id bits.
+	if err := sc.Chmod(tmp, mode); err != nil {
+		return fail("chmod "+tmp, err)
+	}
+	if err := sc.PosixRename(tmp, dst); err != nil {
+		return fail("renaming into place", err)
+	}
+	keep = true
+	if u.Progress != nil {
+		u.Progress(n, total)
+	}
+	c.log.Debug("ssh upload", "dst", dst, "bytes", n, "seconds", elapsed.Seconds(),
+		"MBps", float64(n)/1e6/max(elapsed.Seconds(), 1e-9), "sudo", sudo)
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
