@@ -1,0 +1,308 @@
+package state
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing/object"
+
+	"castellan/installer/engine"
+)
+
+func testKeys(t *testing.T) *Keys {
+	t.Helper()
+	k, err := LoadKeys(nil, filepath.Join(t.TempDir(), "identity.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(k.Notices) != 1 || !strings.Contains(k.Notices[0], "created a local age identity") {
+		t.Fatalf("notices = %v", k.Notices)
+	}
+	return k
+}
+
+func commitRun(t *testing.T, r *Repo, profile string, outcome engine.Outcome, rendered map[string][]byte, phases ...string) *Record {
+	t.Helper()
+	n, err := r.NextRunNumber()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 23, 12, 0, n, 0, time.UTC)
+	rec := &Record{Number: n, Command: "apply", Who: "tester", Version: "test", Started: now, Finished: now.Add(time.Second),
+		Nodes: []string{"n1"}, Outcome: outcome}
+	for _, p := range phases {
+		rec.Phases = append(rec.Phases, engine.PhaseResult{Name: p, Outcome: engine.OutcomeOK})
+	}
+	if _, err := r.Commit(Snapshot{Record: rec, Profile: []byte(profile), Rendered: rendered, Phases: phases}); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// gitCLI runs the real git on the repo: what castellan writes must be a
+// repository that plain git reads.
+func gitCLI(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func TestCommitHistoryDiff(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	r, err := Open(dir, testKeys(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitRun(t, r, "v: 1\n", engine.OutcomeOK, map[string][]byte{
+		"n1/mesh/wg.conf":    []byte("peer a\n"),
+		"n1/rke2/config.yml": []byte("x: 1\n"),
+	}, "mesh", "rke2")
+	commitRun(t, r, "v: 2\n", engine.OutcomeFailed, map[string][]byte{"n1/mesh/wg.conf": []byte("peer a\npeer b\n")}, "mesh")
+
+	hist, err := r.History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != 2 || hist[0].Record.Number != 2 || hist[1].Record.Number != 1 {
+		t.Fatalf("history = %+v", hist)
+	}
+	if !hist[0].Record.Failed() || !strings.Contains(hist[0].Subject, "run 2: apply failed") {
+		t.Errorf("failed run not recorded as failed: %q", hist[0].Subject)
+	}
+	// Only the re-run phase's files were replaced; rke2's stay.
+	if data, err := r.FileAt("2", "rendered/n1/rke2/config.yml"); err != nil || string(data) != "x: 1\n" {
+		t.Errorf("rke2 file at run 2 = %q, %v", data, err)
+	}
+	diff, err := r.Diff("1", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"-v: 1", "+v: 2", "+peer b", "rendered/n1/mesh/wg.conf"} {
+		if !strings.Contains(diff, want) {
+			t.Errorf("diff lacks %q:\n%s", want, diff)
+		}
+	}
+	if strings.Contains(diff, "runs/") {
+		t.Errorf("diff shows run records:\n%s", diff)
+	}
+	// Revisions by hash and by git syntax resolve too.
+	c, err := r.Resolve("HEAD~1")
+	if err != nil || RunOf(c) != 1 {
+		t.Errorf("Resolve(HEAD~1) = run %d, %v", RunOf(c), err)
+	}
+	if _, err := r.Resolve("7"); !errors.Is(err, ErrUnknownRevision) {
+		t.Errorf("Resolve(7) err = %v", err)
+	}
+	// The real git agrees.
+	gitCLI(t, dir, "fsck", "--strict")
+	if log := gitCLI(t, dir, "log", "--format=%s"); !strings.Contains(log, "run 2: apply failed") || !strings.Contains(log, "create the state repo") {
+		t.Errorf("git log:\n%s", log)
+	}
+	if tr := gitCLI(t, dir, "log", "-1", "--format=%(trailers:key=Castellan-Run,valueonly)"); strings.TrimSpace(tr) != "2" {
+		t.Errorf("trailer = %q", tr)
+	}
+}
+
+func TestSecretsNeverInPlaintext(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	keys := testKeys(t)
+	r, err := Open(dir, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string]string{
+		"rke2/token":             "K10-super-secret-token-5f1e2d",
+		"diskcrypt/n1/vdb":       "recovery-passphrase-correct-horse",
+		"pki/ca.key":             "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIDEADBEEF\n-----END EC PRIVATE KEY-----\n",
+		"keycloak/admin-password": "Adm1n-P4ss!",
+	}
+	for name, v := range secrets {
+		if err := r.Put(name, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commitRun(t, r, "v: 1\n", engine.OutcomeOK, nil, "preflight")
+	// Re-encrypting to a new recipient set, and a second run.
+	keys2, err := LoadKeys([]string{keys.RecipientStrings[0], mustRecipient(t)}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys2.Identities = keys.Identities
+	r.keys = keys2
+	commitRun(t, r, "v: 2\n", engine.OutcomeOK, nil, "preflight")
+
+	for name, v := range secrets {
+		got, ok, err := r.Get(name)
+		if err != nil || !ok || string(got) != v {
+			t.Errorf("Get(%s) = %q, %v, %v", name, got, ok, err)
+		}
+	}
+	// Scan every blob of every commit, and the worktree files.
+	g, err := git.PlainOpen(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs, err := g.BlobObjects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err = blobs.ForEach(func(b *object.Blob) error {
+		n++
+		rd, err := b.Reader()
+		if err != nil {
+			return err
+		}
+		defer rd.Close()
+		var buf bytes.Buffer
+		if _, err := buf.ReadFrom(rd); err != nil {
+			return err
+		}
+		for name, v := range secrets {
+			for _, part := range strings.Split(v, "\n") {
+				if len(part) > 6 && bytes.Contains(buf.Bytes(), []byte(part)) {
+					t.Errorf("blob %s holds secret %s in plaintext", b.Hash, name)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 8 {
+		t.Errorf("scanned only %d blobs", n)
+	}
+	if out := gitCLI(t, dir, "log", "-p", "--all"); strings.Contains(out, "super-secret") {
+		t.Error("git log -p shows a secret")
+	}
+}
+
+func mustRecipient(t *testing.T) string {
+	t.Helper()
+	k, err := LoadKeys(nil, filepath.Join(t.TempDir(), "other.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.RecipientStrings[0]
+}
+
+func TestPutUnchangedIsNoop(t *testing.T) {
+	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Put("a", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	commitRun(t, r, "p\n", engine.OutcomeOK, nil)
+	if err := r.Put("a", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if clean, err := r.clean(); err != nil || !clean {
+		t.Errorf("storing an unchanged secret changed the worktree (clean=%v, %v)", clean, err)
+	}
+	if err := r.Put("../escape", []byte("v")); err == nil {
+		t.Error("a secret name with .. was accepted")
+	}
+}
+
+func TestLock(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	a, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Lock()
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Fatalf("second Lock err = %v", err)
+	}
+	a.Unlock()
+	if err := b.Lock(); err != nil {
+		t.Fatalf("Lock after Unlock: %v", err)
+	}
+	b.Unlock()
+}
+
+// TestLockHeldByAnotherProcess: the lock works across processes, and dies
+// with its holder (no stale lock after a crash).
+func TestLockHeldByAnotherProcess(t *testing.T) {
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Skip("flock(1) not installed")
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	r, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// flock(1) -o keeps the lock off the sleep child, so killing flock frees it.
+	holder := exec.Command("flock", "-o", filepath.Join(dir, ".git", lockFile), "sleep", "30")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err = r.Lock()
+		if errors.Is(err, ErrLocked) || time.Now().After(deadline) {
+			break
+		}
+		r.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("Lock while another process holds it: %v", err)
+	}
+	holder.Process.Kill()
+	holder.Wait()
+	if err := r.Lock(); err != nil {
+		t.Fatalf("Lock after the holder died: %v", err)
+	}
+	r.Unlock()
+}
+
+func TestRecoverCommitsLeftovers(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	r, err := Open(dir, testKeys(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A run stored a secret and then died before committing.
+	if err := r.Put("rke2/token", []byte("tok")); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(dir, r.keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	did, err := r2.Recover()
+	if err != nil || !did {
+		t.Fatalf("Recover = %v, %v", did, err)
+	}
+	if v, ok, err := r2.Get("rke2/token"); err != nil || !ok || string(v) != "tok" {
+		t.Errorf("secret after recovery = %q %v %v", v, ok, err)
+	}
+	if log := gitCLI(t, dir, "log", "--format=%s", "-1"); !strings.Contains(log, "recover") {
+		t.Errorf("last commit = %q", log)
+	}
+	if did, _ := r2.Recover(); did {
+		t.Error("Recover on a clean repo committed")
+	}
+}
