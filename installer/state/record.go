@@ -25,8 +25,8 @@ type Record struct {
 	// Duration is Finished-Started, kept for readers of the JSON.
 	Duration time.Duration `json:"duration"`
 	// Nodes and OnlyPhases are the run's targets (--nodes, --only).
-	Nodes      []string `json:"nodes"`
-	OnlyPhases []string `json:"onlyPhases,omitempty"`
+	Nodes      []string             `json:"nodes"`
+	OnlyPhases []string             `json:"onlyPhases,omitempty"`
 	Outcome    engine.Outcome       `json:"outcome"`
 	Error      string               `json:"error,omitempty"`
 	Phases     []engine.PhaseResult `json:"phases"`

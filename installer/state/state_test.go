@@ -122,9 +122,9 @@ func TestSecretsNeverInPlaintext(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets := map[string]string{
-		"rke2/token":             "K10-super-secret-token-5f1e2d",
-		"diskcrypt/n1/vdb":       "recovery-passphrase-correct-horse",
-		"pki/ca.key":             "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIDEADBEEF\n-----END EC PRIVATE KEY-----\n",
+		"rke2/token":              "K10-super-secret-token-5f1e2d",
+		"diskcrypt/n1/vdb":        "recovery-passphrase-correct-horse",
+		"pki/ca.key":              "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIDEADBEEF\n-----END EC PRIVATE KEY-----\n",
 		"keycloak/admin-password": "Adm1n-P4ss!",
 	}
 	for name, v := range secrets {
