@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -197,7 +198,7 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 		case strings.Contains(err.Error(), "unable to authenticate"):
 			return nil, &AuthError{Host: h.String(), Addr: addr, User: cr.user, Offered: cr.describe(), Err: err}
 		}
-		if he := k.hk.noCommonAlgorithm(h.String(), addr, algos, err); he != nil {
+		if he := k.hk.noCommonAlgorithm(h.String(), addr, err); he != nil {
 			return nil, he
 		}
 		if ctx.Err() != nil {
@@ -226,8 +227,8 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 	}
 	go func() {
 		err := c.conn.Wait()
-		if err == nil {
-			err = errors.New("connection closed by the peer")
+		if err == nil || errors.Is(err, io.EOF) {
+			err = errors.New("connection closed by the peer (EOF)")
 		}
 		c.markDead(err)
 	}()

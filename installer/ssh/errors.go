@@ -19,7 +19,8 @@ type HostKeyError struct {
 	// key is never accepted automatically.
 	Changed bool
 	// Known lists the entries known_hosts holds for the host, as
-	// "file:line type SHA256:..." (set when Changed or NoCommonAlgorithm).
+	// "line N: type SHA256:..." (set when Changed) or "type SHA256:..."
+	// (NoCommonAlgorithm).
 	Known []string
 	// Revoked: the offered key is marked @revoked in known_hosts.
 	Revoked bool
@@ -46,14 +47,14 @@ func (e *HostKeyError) Error() string {
 			"This can mean a man-in-the-middle attack, or that the host was rebuilt. A changed key is never accepted automatically "+
 			"(not even with --accept-new-host-keys). After verifying the host's keys out-of-band, remove the old entries with "+
 			"`ssh-keygen -R %s -f %s` and add the new key's line (for example from `ssh-keyscan -p %s %s`, after comparing its fingerprint).",
-			e.Host, e.Addr, e.KnownHostsFile, strings.Join(e.Known, "; "), hostArg, shellQuote(e.KnownHostsFile), port, host)
+			e.Host, e.Addr, e.KnownHostsFile, strings.Join(e.Known, "; "), shellQuote(hostArg), shellQuote(e.KnownHostsFile), port, host)
 	case e.Changed:
 		fmt.Fprintf(&b, "ssh: HOST KEY CHANGED for %s (%s): the host offered %s %s, but %s holds %s. "+
 			"This can mean a man-in-the-middle attack, or that the host was rebuilt. A changed key is never accepted automatically "+
 			"(not even with --accept-new-host-keys). After verifying the new key out-of-band (on the host's console: "+
 			"`ssh-keygen -lf /etc/ssh/ssh_host_%s_key.pub`), remove the old entry with `ssh-keygen -R %s -f %s` and add this line:\n  %s",
 			e.Host, e.Addr, e.KeyType, e.Fingerprint, e.KnownHostsFile, strings.Join(e.Known, "; "),
-			keyFileSuffix(e.KeyType), hostArg, shellQuote(e.KnownHostsFile), e.Line)
+			keyFileSuffix(e.KeyType), shellQuote(hostArg), shellQuote(e.KnownHostsFile), e.Line)
 	default:
 		fmt.Fprintf(&b, "ssh: host key of %s (%s) is unknown: the host offered %s %s, and %s has no entry for it. "+
 			"Check this fingerprint out-of-band (on the host's console: `ssh-keygen -lf /etc/ssh/ssh_host_%s_key.pub`), then either add this line to %s:\n  %s\n"+

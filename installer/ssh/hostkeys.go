@@ -75,9 +75,10 @@ func (k *hostKeyChecker) load() error {
 	return nil
 }
 
-// algorithms returns the host key algorithms known_hosts holds for addr, in
-// file order, or nil when the host is unknown (then any algorithm may be
-// negotiated; the key is refused or recorded by the callback).
+// algorithms returns the host key algorithms to offer when connecting to
+// addr: the ones known_hosts holds for it, in file order, or the preferred
+// order (Ed25519 first, like OpenSSH) when the host is unknown; its key is
+// then refused or recorded by the callback.
 func (k *hostKeyChecker) algorithms(addr string) []string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -91,9 +92,17 @@ func (k *hostKeyChecker) algorithms(addr string) []string {
 func hostKeyAlgorithms(db *knownhosts.HostKeyDB, addr string) []string {
 	algos := db.HostKeyAlgorithms(addr)
 	if len(algos) == 0 {
-		return nil
+		return slices.Clone(preferredHostKeyAlgorithms)
 	}
 	return algos
+}
+
+// preferredHostKeyAlgorithms for hosts known_hosts does not know yet. No
+// SHA-1 RSA, no DSA.
+var preferredHostKeyAlgorithms = []string{
+	ssh.KeyAlgoED25519,
+	ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521,
+	ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256,
 }
 
 func (k *hostKeyChecker) knownEntries(addr string) []string {
@@ -131,7 +140,7 @@ func (k *hostKeyChecker) callback(hostName string, refused **HostKeyError, accep
 		case errors.As(err, &keyErr) && len(keyErr.Want) > 0:
 			he.Changed = true
 			for _, w := range keyErr.Want {
-				he.Known = append(he.Known, fmt.Sprintf("%s:%d %s %s", w.Filename, w.Line, w.Key.Type(), ssh.FingerprintSHA256(w.Key)))
+				he.Known = append(he.Known, fmt.Sprintf("line %d: %s %s", w.Line, w.Key.Type(), ssh.FingerprintSHA256(w.Key)))
 			}
 		case errors.As(err, &keyErr):
 			if k.acceptNew {
@@ -199,14 +208,18 @@ func (k *hostKeyChecker) allAccepted() []AcceptedKey {
 // noCommonAlgorithm turns x/crypto's "no common algorithm for host key"
 // handshake failure into a HostKeyError when known_hosts restricted the
 // algorithms: the host no longer has a key of any known type.
-func (k *hostKeyChecker) noCommonAlgorithm(hostName, addr string, algos []string, err error) *HostKeyError {
-	if len(algos) == 0 || err == nil || !strings.Contains(err.Error(), "no common algorithm for host key") {
+func (k *hostKeyChecker) noCommonAlgorithm(hostName, addr string, err error) *HostKeyError {
+	if  err == nil || !strings.Contains(err.Error(), "no common algorithm for host key") {
 		return nil
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	known := k.knownEntries(addr)
+	if len(known) == 0 {
+		return nil
+	}
 	return &HostKeyError{
 		Host: hostName, Addr: addr, KnownHostsFile: k.file,
-		Changed: true, NoCommonAlgorithm: true, Known: k.knownEntries(addr),
+		Changed: true, NoCommonAlgorithm: true, Known: known,
 	}
 }

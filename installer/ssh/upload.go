@@ -181,7 +181,7 @@ func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
 		return fmt.Errorf("ssh: upload to %s: destination %q must be an absolute file path", c.name, dst)
 	}
 	dst = path.Clean(dst)
-	op := "upload to " + display([]string{dst})
+	op := fmt.Sprintf("upload to %q", dst)
 	want := strings.ToLower(u.SHA256)
 	if want != "" {
 		if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {

@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -494,7 +495,7 @@ func (l *Lab) Config() castssh.Config {
 // Logger writes to the test log until the test ends (later writes from
 // background goroutines are dropped instead of panicking).
 func (l *Lab) Logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(&testWriter{l: l}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(&testWriter{l: l}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 type testWriter struct{ l *Lab }
@@ -527,17 +528,17 @@ func (l *Lab) UserDir(name string) string {
 // is serving (the per-connection sshd and the commands it runs), as a crash
 // or a network cut would; the listener stays up.
 func (n *Node) DropConnections() error {
-	return signalDescendants(n.cmd.Process.Pid, 9)
+	return signalDescendants(n.cmd.Process.Pid, syscall.SIGKILL)
 }
 
 // FreezeConnections stops (SIGSTOP) the node's per-connection processes:
 // TCP stays up but nothing answers, as with a hung peer. Call the returned
 // function to resume them.
 func (n *Node) FreezeConnections() (thaw func() error, err error) {
-	if err := signalDescendants(n.cmd.Process.Pid, 19); err != nil {
+	if err := signalDescendants(n.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
 		return nil, err
 	}
-	return func() error { return signalDescendants(n.cmd.Process.Pid, 18) }, nil
+	return func() error { return signalDescendants(n.cmd.Process.Pid, syscall.SIGCONT) }, nil
 }
 
 // Connections counts the node's per-connection sshd processes.
@@ -601,3 +602,28 @@ func randomByte() byte {
 }
 
 var _ io.Writer = (*testWriter)(nil)
+
+// Process is a process running under a node's sshd.
+type Process struct {
+	PID     int
+	Cmdline []string
+}
+
+// Processes lists the processes under the node's sshd (its connections and
+// whatever they run).
+func (n *Node) Processes() []Process {
+	_, tree := children(n.cmd.Process.Pid)
+	var out []Process
+	var walk func(int)
+	walk = func(p int) {
+		for _, c := range tree[p] {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c))
+			if err == nil {
+				out = append(out, Process{PID: c, Cmdline: strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")})
+			}
+			walk(c)
+		}
+	}
+	walk(n.cmd.Process.Pid)
+	return out
+}
