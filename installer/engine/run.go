@@ -22,12 +22,24 @@ type Secrets interface {
 	Put(name string, value []byte) error
 }
 
-// Nodes gives phases access to the nodes: an agent call, or the SSH
-// connection itself for the few phases that need it.
+// Nodes gives phases access to the nodes through the castellan agent.
 type Nodes interface {
 	// Call runs the agent operation op on node with in as JSON input and
 	// decodes the JSON result into out (which may be nil).
 	Call(ctx context.Context, node, op string, in, out any) error
+	// Agent tells whether this castellan's agent is on node (read-only).
+	Agent(ctx context.Context, node string) (AgentState, error)
+	// InstallAgent ships this castellan's agent to node.
+	InstallAgent(ctx context.Context, node string, progress func(done, total int64)) error
+}
+
+// AgentState describes the agent a node would run.
+type AgentState struct {
+	Installed bool
+	// Path is where the agent is (or would be) on the node.
+	Path string
+	// Size is the agent binary's size in bytes.
+	Size int64
 }
 
 // RunConfig is what a run needs to start.
@@ -55,6 +67,7 @@ type shared struct {
 	mu        sync.Mutex
 	facts     map[string]facts.Node
 	rendered  map[string][]byte
+	progress  map[string]int64
 	sink      Sink
 	logger    *slog.Logger
 	parallel  int
@@ -68,6 +81,7 @@ func NewRun(cfg RunConfig) *Run {
 		RunConfig: cfg,
 		facts:     map[string]facts.Node{},
 		rendered:  map[string][]byte{},
+		progress:  map[string]int64{},
 		phases:    map[string]*nodeOutcomes{},
 	}}
 }
@@ -141,8 +155,22 @@ func (r *Run) Warn(node, format string, args ...any) {
 	r.Emit(Event{Node: node, Status: StatusWarning, Message: fmt.Sprintf(format, args...)})
 }
 
-// Progress reports bytes done of total for a node's step.
+// Progress reports bytes done of total for a node's step. Reports are
+// thinned to whole percents, so a large upload does not flood the stream.
 func (r *Run) Progress(node, step string, done, total int64) {
+	pct := int64(100)
+	if total > 0 {
+		pct = done * 100 / total
+	}
+	key := r.phase + "\x00" + node + "\x00" + step
+	r.mu.Lock()
+	last, seen := r.progress[key]
+	if seen && pct == last && done != total {
+		r.mu.Unlock()
+		return
+	}
+	r.progress[key] = pct
+	r.mu.Unlock()
 	r.Emit(Event{Node: node, Step: step, Status: StatusProgress, Done: done, Total: total})
 }
 
