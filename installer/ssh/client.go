@@ -162,6 +162,9 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 		conn, err = via.conn.DialContext(dctx, "tcp", addr)
 	} else {
 		conn, err = k.cfg.Dial(dctx, "tcp", addr)
+		if err == nil {
+			conn = withQuickAck(conn)
+		}
 	}
 	if err != nil {
 		return nil, &netError{err}

@@ -209,7 +209,7 @@ func (k *hostKeyChecker) allAccepted() []AcceptedKey {
 // handshake failure into a HostKeyError when known_hosts restricted the
 // algorithms: the host no longer has a key of any known type.
 func (k *hostKeyChecker) noCommonAlgorithm(hostName, addr string, err error) *HostKeyError {
-	if  err == nil || !strings.Contains(err.Error(), "no common algorithm for host key") {
+	if err == nil || !strings.Contains(err.Error(), "no common algorithm for host key") {
 		return nil
 	}
 	k.mu.Lock()
