@@ -208,7 +208,7 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 			return nil, fmt.Errorf("ssh: connecting to %s (%s): %w", h, addr, ctx.Err())
 		}
 		if dctx.Err() != nil {
-			err = fmt.Errorf("ssh handshake timed out after %s: %w", k.cfg.DialTimeout, err)
+			err = fmt.Errorf("ssh handshake timed out after %s (TCP connected, no SSH answer in time)", k.cfg.DialTimeout)
 		}
 		return nil, &netError{err}
 	}
@@ -239,7 +239,7 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 		go func() {
 			select {
 			case <-via.dead:
-				c.markDead(fmt.Errorf("bastion %s: %w", via.name, via.deathCause()))
+				c.markDead(fmt.Errorf("the connection to bastion %s was lost: %w", via.name, via.deathCause()))
 			case <-c.dead:
 			}
 		}()

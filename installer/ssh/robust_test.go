@@ -300,6 +300,38 @@ func TestDialRetries(t *testing.T) {
 	}
 }
 
+func TestDialTimeout(t *testing.T) {
+	t.Parallel()
+	lab := sshtest.New(t, sshtest.Options{Nodes: 1})
+	node := lab.Nodes[0]
+	resume, err := node.PauseListener()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resume()
+	cfg := lab.Config()
+	cfg.DialTimeout = 300 * time.Millisecond
+	cfg.DialRetries = 1
+	cfg.RetryBackoff = 10 * time.Millisecond
+	start := time.Now()
+	_, err = castssh.Connect(testCtx(t), cfg, node.Host())
+	took := time.Since(start)
+	var de *castssh.DialError
+	if !errors.As(err, &de) || de.Attempts != 2 || !strings.Contains(err.Error(), "timed out") {
+		t.Fatalf("want a DialError after 2 timed-out attempts, got %T: %v", err, err)
+	}
+	if took > 3*time.Second {
+		t.Fatalf("took %s", took)
+	}
+	t.Logf("after %s: %v", took.Round(time.Millisecond), err)
+	// Resumed, it answers again.
+	if err := resume(); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, cfg, node.Host())
+	output(t, c, castssh.Cmd{Argv: []string{"true"}})
+}
+
 func TestPoolOneConnectionPerHost(t *testing.T) {
 	t.Parallel()
 	lab := sshtest.New(t, sshtest.Options{Nodes: 3})

@@ -391,6 +391,22 @@ func TestBastion(t *testing.T) {
 		if n := lab.Bastion.Connections(); n != 1 {
 			t.Fatalf("bastion serves %d connections, want 1", n)
 		}
+		// The bastion connection drops: the pool redials it, then the node.
+		if err := lab.Bastion.DropConnections(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := pool.Run(testCtx(t), hidden.Host(), castssh.Cmd{Argv: []string{"true"}})
+			if err == nil {
+				break
+			}
+			var le *castssh.ConnectionLostError
+			if !errors.As(err, &le) || time.Now().After(deadline) {
+				t.Fatalf("after the bastion dropped: %v", err)
+			}
+			t.Logf("while the drop is noticed: %v", err)
+		}
 		// Standalone Connect through the bastion too.
 		c := connect(t, cfg, hidden.Host())
 		output(t, c, castssh.Cmd{Argv: []string{"true"}})

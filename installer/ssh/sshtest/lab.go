@@ -627,3 +627,13 @@ func (n *Node) Processes() []Process {
 	walk(n.cmd.Process.Pid)
 	return out
 }
+
+// PauseListener stops (SIGSTOP) the node's listening sshd: new TCP
+// connections are accepted by the kernel but never get an SSH banner, as
+// with an overloaded or wedged host. Call the returned function to resume.
+func (n *Node) PauseListener() (resume func() error, err error) {
+	if err := n.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		return nil, err
+	}
+	return func() error { return n.cmd.Process.Signal(syscall.SIGCONT) }, nil
+}

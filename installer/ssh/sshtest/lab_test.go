@@ -101,4 +101,13 @@ func TestScale50(t *testing.T) {
 	}
 	lab := sshtest.New(t, sshtest.Options{Nodes: 50})
 	t.Logf("50-node lab set up in %s", lab.SetupTime)
+	cfg := lab.Config()
+	cfg.Logger = nil
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := sshtest.ConnectAndRun(ctx, cfg, sshtest.Hosts(lab.Nodes), castssh.Cmd{Argv: []string{"true"}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("connected to 50 nodes and ran one command on each in %s", time.Since(start).Round(time.Millisecond))
 }

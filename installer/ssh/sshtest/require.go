@@ -10,6 +10,24 @@
 // are swept by the next New. Traffic only ever goes to addresses inside the
 // namespaces the lab created.
 //
+// Use from any package's tests:
+//
+//	func TestSomething(t *testing.T) {
+//		lab := sshtest.New(t, sshtest.Options{Nodes: 3}) // skips without root/sshd
+//		pool, err := ssh.NewPool(lab.Config())           // lab user, key, known_hosts, netns dialer
+//		if err != nil {
+//			t.Fatal(err)
+//		}
+//		defer pool.Close()
+//		res, err := pool.Run(ctx, lab.Nodes[0].Host(), ssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true})
+//		...
+//	}
+//
+// Nodes share the host's file system (only the network is namespaced), so a
+// test can check directly what a node wrote; Lab.UserDir gives a directory
+// the lab user owns. Node.DropConnections, FreezeConnections and
+// PauseListener simulate crashes, hung peers and wedged hosts.
+//
 // It needs root and Debian's openssh-server, sudo and iproute2. When they
 // are missing, tests are skipped, or fail when CASTELLAN_REQUIRE_REAL_PEERS=1
 // (as `make test` sets it).
