@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# vagrant/e2e.sh: the end-to-end test on real VMs (make e2e).
+#   lab up -> castellan apply -> assertions on the nodes over SSH -> a second
+#   apply that must be a no-op -> a rollback -> refusals -> lab down.
+# The assertions are Go tests (vagrant/e2e, build tag e2e) run inside the lab's
+# network namespace, driving the real castellan binary (bin/castellan).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(cd "$here/.." && pwd)
+cache=${CASTELLAN_CACHE:-$HOME/.cache/castellan}
+export CASTELLAN_LAB_DIR=${CASTELLAN_LAB_DIR:-$cache/lab}
+
+[[ -x $top/bin/castellan ]] || { echo "e2e: bin/castellan is missing: run make build" >&2; exit 1; }
+keep=${CASTELLAN_E2E_KEEP_LAB:-0}
+cleanup() {
+	local rc=$?
+	if [[ $keep == 1 ]]; then
+		echo "e2e: leaving the lab up (CASTELLAN_E2E_KEEP_LAB=1)"
+	else
+		"$here/lab.sh" down || rc=1
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+
+start=$SECONDS
+"$here/lab.sh" up
+up=$((SECONDS - start))
+
+t=$SECONDS
+# The test binary is built outside the namespace (it needs the Go proxy) and
+# run inside it (it talks to the VMs).
+go test -c -tags e2e -o "$cache/e2e.test" "$top/vagrant/e2e"
+"$here/lab.sh" exec env CASTELLAN_BIN="$top/bin/castellan" CASTELLAN_LAB_DIR="$CASTELLAN_LAB_DIR" \
+	"$cache/e2e.test" -test.v -test.count=1 -test.timeout 45m
+echo "e2e: lab up ${up} s, tests $((SECONDS - t)) s"
