@@ -79,26 +79,40 @@ func Connect(ctx context.Context, cfg Config, h Host) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	var via *Client
+	var via viaFunc
+	var bastion *Client // the latest bastion connection, owned by the client
 	if k.cfg.Bastion != nil {
-		via, err = k.dialBastion(ctx)
-		if err != nil {
-			return nil, err
+		via = func(ctx context.Context) (*Client, error) {
+			if bastion != nil && bastion.Alive() {
+				return bastion, nil
+			}
+			if bastion != nil {
+				bastion.Close()
+			}
+			b, err := k.dialBastion(ctx)
+			if err != nil {
+				return nil, err
+			}
+			bastion = b
+			return b, nil
 		}
 	}
 	c, err := k.dial(ctx, h, k.creds, via)
 	if err != nil {
-		if via != nil {
-			via.Close()
+		if bastion != nil {
+			bastion.Close()
 		}
 		return nil, err
 	}
-	if via != nil {
+	if c.bastion != nil {
 		c.owns = true
-		c.accepted = append(slices.Clone(via.accepted), c.accepted...)
+		c.accepted = append(slices.Clone(c.bastion.accepted), c.accepted...)
 	}
 	return c, nil
 }
+
+// viaFunc returns a live bastion connection, dialing it if needed.
+type viaFunc func(ctx context.Context) (*Client, error)
 
 func (k *connector) dialBastion(ctx context.Context) (*Client, error) {
 	c, err := k.dial(ctx, k.cfg.Bastion.host(), k.bastionCred, nil)
@@ -108,12 +122,22 @@ func (k *connector) dialBastion(ctx context.Context) (*Client, error) {
 	return c, nil
 }
 
-// dial connects with retries on network errors.
-func (k *connector) dial(ctx context.Context, h Host, cr *credentials, via *Client) (*Client, error) {
+// dial connects with retries on network errors. With a bastion, each
+// attempt asks via for a live bastion connection (so a bastion that died is
+// redialed); errors reaching the bastion itself are final here, as they were
+// already retried.
+func (k *connector) dial(ctx context.Context, h Host, cr *credentials, via viaFunc) (*Client, error) {
 	log := k.cfg.Logger.With("host", h.String(), "addr", h.Addr())
 	backoff := k.cfg.RetryBackoff
 	for attempt := 1; ; attempt++ {
-		c, err := k.dialOnce(ctx, h, cr, via, log)
+		var b *Client
+		if via != nil {
+			var err error
+			if b, err = via(ctx); err != nil {
+				return nil, err
+			}
+		}
+		c, err := k.dialOnce(ctx, h, cr, b, log)
 		if err == nil {
 			if attempt > 1 {
 				log.Info("ssh connected after retries", "attempts", attempt)
@@ -124,10 +148,10 @@ func (k *connector) dial(ctx context.Context, h Host, cr *credentials, via *Clie
 		if !errors.As(err, &ne) {
 			return nil, err
 		}
-		if ctx.Err() != nil || attempt > k.cfg.DialRetries || (via != nil && !via.Alive()) {
+		if ctx.Err() != nil || attempt > k.cfg.DialRetries {
 			de := &DialError{Host: h.String(), Addr: h.Addr(), Attempts: attempt, Err: ne.err}
-			if via != nil {
-				de.Via = via.name
+			if b != nil {
+				de.Via = b.name
 			}
 			return nil, de
 		}

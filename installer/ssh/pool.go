@@ -62,12 +62,9 @@ func (p *Pool) Client(ctx context.Context, h Host) (*Client, error) {
 		e.c.Close()
 		e.c = nil
 	}
-	var via *Client
+	var via viaFunc
 	if p.k.cfg.Bastion != nil {
-		var err error
-		if via, err = p.bastionClient(ctx); err != nil {
-			return nil, err
-		}
+		via = p.bastionClient
 	}
 	c, err := p.k.dial(ctx, h, p.k.creds, via)
 	if err != nil {

@@ -222,8 +222,12 @@ func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
 	defer closeSFTP()
 	// Any SFTP failure may be the connection dying: say so if it is.
 	fail := func(step string, err error) error {
-		if lerr := c.lost(op, 500*time.Millisecond); lerr != nil {
-			return lerr
+		var status *sftp.StatusError
+		if !errors.As(err, &status) && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, os.ErrPermission) {
+			// No answer from the server: see whether the connection died.
+			if lerr := c.lost(op, 500*time.Millisecond); lerr != nil {
+				return lerr
+			}
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("ssh: %s on %s: %w", op, c.name, ctx.Err())
