@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,6 +52,12 @@ type Options struct {
 	HostKeyTypes []string
 	// RSABits for RSA host keys (default 2048).
 	RSABits int
+	// PrivateDirs are absolute paths that each node sees as its own, empty
+	// at start: nodes share the host's file system, except these, which are
+	// per-node directories bind-mounted there in each sshd's own mount
+	// namespace (Node.PrivatePath gives the host-side path). Missing
+	// mountpoints are created on the host and removed at teardown.
+	PrivateDirs []string
 }
 
 // Lab is a set of sshd peers in network namespaces, torn down by t.Cleanup.
@@ -72,7 +80,9 @@ type Lab struct {
 	SetupTime time.Duration
 
 	t        testing.TB
-	subnet   int // second octet of 10.x.0.0/16
+	private  []string // Options.PrivateDirs, cleaned
+	created  []string // mountpoints this lab created on the host
+	subnet   int      // second octet of 10.x.0.0/16
 	clientH  netns.NsHandle
 	mu       sync.Mutex
 	closed   bool
@@ -151,10 +161,21 @@ func New(t testing.TB, opts Options) *Lab {
 		}
 	}
 
+	for _, d := range opts.PrivateDirs {
+		c := filepath.Clean(d)
+		if !filepath.IsAbs(c) || c == "/" || strings.HasPrefix(c+"/", l.Dir+"/") {
+			t.Fatalf("sshtest: PrivateDirs: %q must be an absolute path other than / and outside the lab", d)
+		}
+		l.private = append(l.private, c)
+	}
+
 	// Record what we are about to create before creating it, so that a
 	// killed test process leaves something the next New can sweep.
 	l.statePth = writeState(t, l.state())
 	t.Cleanup(l.teardown)
+	if err := l.makeMountpoints(); err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
 
 	if err := l.setup(opts); err != nil {
 		t.Fatalf("sshtest: setting up lab %s: %v", id, err)
@@ -350,6 +371,26 @@ LogLevel INFO
 		return err
 	}
 	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
+	if len(l.private) > 0 {
+		// sshd in its own mount namespace, with the node's private
+		// directories bind-mounted; sh execs sshd (same PID).
+		var script []string
+		for _, d := range l.private {
+			backing := n.PrivatePath(d)
+			if err := os.MkdirAll(backing, 0o755); err != nil {
+				return err
+			}
+			line, err := castssh.ShellJoin([]string{"mount", "--bind", backing, d})
+			if err != nil {
+				return err
+			}
+			script = append(script, line)
+		}
+		exe, _ := castssh.ShellJoin(cmd.Args)
+		script = append(script, "exec "+exe)
+		cmd = exec.Command("/bin/sh", "-c", strings.Join(script, " && "))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		logf.Close()
@@ -460,6 +501,17 @@ func (l *Lab) Exec(ctx context.Context, ns string, argv ...string) ([]byte, erro
 	return out, nil
 }
 
+// PrivatePath is where, on the host, the node's private copy of dir (one of
+// Options.PrivateDirs) lives.
+func (n *Node) PrivatePath(dir string) string {
+	for i, d := range n.lab.private {
+		if d == filepath.Clean(dir) {
+			return filepath.Join(n.Dir, "private", strconv.Itoa(i))
+		}
+	}
+	return ""
+}
+
 // Host is the castellan host of the node.
 func (n *Node) Host() castssh.Host {
 	return castssh.Host{Name: n.Name, Address: n.Address, Port: n.Port}
@@ -560,6 +612,14 @@ func (l *Lab) teardown() {
 		}
 	}
 	st := l.state()
+	// Other labs may have handed mountpoints over to this one: the state
+	// file is the record.
+	if b, err := os.ReadFile(l.statePth); err == nil {
+		var disk labState
+		if json.Unmarshal(b, &disk) == nil {
+			st.Created = disk.Created
+		}
+	}
 	if err := removeLab(st); err != nil {
 		l.t.Errorf("sshtest: tearing down lab %s: %v", l.ID, err)
 	}

@@ -2,6 +2,7 @@ package sshtest_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,4 +111,60 @@ func TestScale50(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("connected to 50 nodes and ran one command on each in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// TestPrivateDirs: each node has its own copy of a private directory; the
+// mountpoint created on the host outlives the lab that created it while
+// another lab uses it, and is gone once neither does.
+func TestPrivateDirs(t *testing.T) {
+	t.Parallel()
+	root := "/var/lib/castellan-sshtest-" + fmt.Sprint(os.Getpid())
+	dir := root + "/bin"
+	if _, err := os.Stat(root); err == nil {
+		t.Fatalf("%s exists already", root)
+	}
+	write := func(t *testing.T, lab *sshtest.Lab, n *sshtest.Node, content string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := castssh.Connect(ctx, lab.Config(), n.Host())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Upload(ctx, castssh.Upload{Src: strings.NewReader(content), Dst: dir + "/f", Sudo: true}); err != nil {
+			t.Fatal(err)
+		}
+		out, err := c.Output(ctx, castssh.Cmd{Argv: []string{"cat", dir + "/f"}})
+		if err != nil || out != content {
+			t.Fatalf("%s reads %q, %v", n.Name, out, err)
+		}
+	}
+	t.Run("labs", func(t *testing.T) {
+		var labB *sshtest.Lab
+		t.Run("A", func(ta *testing.T) {
+			labA := sshtest.New(ta, sshtest.Options{Nodes: 2, PrivateDirs: []string{dir}})
+			labB = sshtest.New(t, sshtest.Options{Nodes: 1, PrivateDirs: []string{dir}})
+			for i, n := range labA.Nodes {
+				write(ta, labA, n, fmt.Sprintf("node %d", i))
+			}
+			for i, n := range labA.Nodes {
+				b, err := os.ReadFile(filepath.Join(n.PrivatePath(dir), "f"))
+				if err != nil || string(b) != fmt.Sprintf("node %d", i) {
+					ta.Fatalf("%s's private copy: %q, %v", n.Name, b, err)
+				}
+			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+				ta.Fatalf("the host's %s is not empty: %v", dir, ents)
+			}
+		})
+		// A created the mountpoint and is gone; B still uses it.
+		if _, err := os.Stat(dir); err != nil {
+			t.Fatalf("mountpoint removed while lab B uses it: %v", err)
+		}
+		write(t, labB, labB.Nodes[0], "lab B")
+	})
+	if _, err := os.Stat(root); err == nil {
+		t.Fatalf("%s left behind", root)
+	}
 }

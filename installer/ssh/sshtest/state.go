@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,6 +27,11 @@ type labState struct {
 	Users      []string
 	Sudoers    string
 	Dir        string
+	// PrivateDirs the lab's nodes mount over; Created: the mountpoints (and
+	// parents) that had to be created on the host, removed when no lab
+	// needs them any more.
+	PrivateDirs []string
+	Created     []string
 }
 
 func (l *Lab) state() labState {
@@ -33,7 +39,125 @@ func (l *Lab) state() labState {
 		ID: l.ID, PID: os.Getpid(), PIDStart: procStart(os.Getpid()),
 		Namespaces: l.namespaces(), Users: []string{l.User, l.PasswordUser},
 		Sudoers: filepath.Join("/etc/sudoers.d", l.sudoersName()), Dir: l.Dir,
+		PrivateDirs: l.private, Created: l.created,
 	}
+}
+
+// lockState serializes changes to mountpoints shared by labs (also across
+// test processes).
+func lockState() (unlock func(), err error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(stateDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+// makeMountpoints creates the missing mountpoints of PrivateDirs, recording
+// them in the lab's state first.
+func (l *Lab) makeMountpoints() error {
+	if len(l.private) == 0 {
+		return nil
+	}
+	unlock, err := lockState()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, d := range l.private {
+		var missing []string
+		for p := d; p != "/"; p = filepath.Dir(p) {
+			if _, err := os.Lstat(p); err == nil {
+				break
+			}
+			missing = append([]string{p}, missing...)
+		}
+		l.created = append(l.created, missing...)
+	}
+	if err := writeStateFile(l.statePth, l.state()); err != nil {
+		return err
+	}
+	for _, d := range l.private {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// releaseMountpoints removes the mountpoints st created, deepest first,
+// unless another lab's PrivateDirs still need one: that lab then inherits
+// the duty to remove it.
+func releaseMountpoints(st labState) error {
+	if len(st.Created) == 0 {
+		return nil
+	}
+	unlock, err := lockState()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	others := map[string]*labState{}
+	ents, _ := os.ReadDir(stateDir)
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") || e.Name() == st.ID+".json" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(stateDir, e.Name()))
+		if err != nil {
+			continue
+		}
+		var o labState
+		if json.Unmarshal(b, &o) == nil {
+			others[filepath.Join(stateDir, e.Name())] = &o
+		}
+	}
+	var errs []error
+	created := append([]string(nil), st.Created...)
+	sort.Slice(created, func(i, j int) bool { return len(created[i]) > len(created[j]) })
+	for _, d := range created {
+		inherited := false
+		for p, o := range others {
+			for _, pd := range o.PrivateDirs {
+				if pd == d || strings.HasPrefix(pd, d+"/") {
+					o.Created = append(o.Created, d)
+					if err := writeStateFile(p, *o); err != nil {
+						errs = append(errs, err)
+					}
+					inherited = true
+					break
+				}
+			}
+			if inherited {
+				break
+			}
+		}
+		if !inherited {
+			if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("removing mountpoint %s: %w", d, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func writeStateFile(p string, st labState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
 }
 
 func writeState(t testing.TB, st labState) string {
@@ -59,6 +183,9 @@ func sweepStale(t testing.TB) {
 		return
 	}
 	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
 		p := filepath.Join(stateDir, e.Name())
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -131,6 +258,9 @@ func removeLab(st labState) error {
 		if err := os.Remove(st.Sudoers); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
+	}
+	if err := releaseMountpoints(st); err != nil {
+		errs = append(errs, err)
 	}
 	if st.Dir != "" && strings.HasPrefix(filepath.Base(st.Dir), "cst-") {
 		if err := os.RemoveAll(st.Dir); err != nil {
