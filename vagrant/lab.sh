@@ -50,6 +50,11 @@ need_root() { [[ $(id -u) -eq 0 ]] || die "the lab needs root (network namespace
 in_ns() { ip netns exec "$ns" "$@"; }
 ns_exists() { [[ -e /run/netns/$ns ]] && ip netns list | awk '{print $1}' | grep -qx "$ns"; }
 
+# Temporary files in the lab directory, removed however the script ends.
+declare -a tmpfiles=()
+cleanup_tmp() { [[ ${#tmpfiles[@]} -eq 0 ]] || rm -f "${tmpfiles[@]}"; }
+trap cleanup_tmp EXIT
+
 declare -a timings=()
 timed() { # timed LABEL CMD...: runs CMD, records how long it took
 	local label=$1 t=$SECONDS
@@ -165,10 +170,20 @@ choose_driver() {
 		cat "$state/driver"
 		return
 	fi
-	local driver=qemu
-	if [[ -c /dev/kvm ]] && virsh domcapabilities --virttype kvm >/dev/null 2>&1 && kvm_runs; then
-		driver=kvm
+	# The probe's answer is kept per host kernel in the cache: delete
+	# $cache/kvm-probe (or set CASTELLAN_LIBVIRT_DRIVER) to ask again.
+	local driver=qemu key
+	key="$(uname -r) $([[ -c /dev/kvm ]] && echo kvm-dev || echo no-kvm-dev)"
+	if [[ -f $cache/kvm-probe ]] && [[ $(sed -n 1p "$cache/kvm-probe") == "$key" ]]; then
+		driver=$(sed -n 2p "$cache/kvm-probe")
+		log "driver $driver from the last KVM probe on this kernel ($cache/kvm-probe)"
+	else
+		if [[ -c /dev/kvm ]] && virsh domcapabilities --virttype kvm >/dev/null 2>&1 && kvm_runs; then
+			driver=kvm
+		fi
+		printf '%s\n%s\n' "$key" "$driver" >"$cache/kvm-probe"
 	fi
+	[[ $driver == kvm || $driver == qemu ]] || die "bad driver '$driver' in $cache/kvm-probe; delete that file"
 	echo "$driver" >"$state/driver"
 	echo "$driver"
 }
@@ -253,7 +268,14 @@ ensure_box() {
 	fi
 	# vagrant-libvirt keeps the box image as a volume; an old one would be reused.
 	delete_box_volumes
-	timed "box add" vagrant box add --force --name "$default_box" "$box_file"
+	timed "box add" box_add "$box_file"
+}
+
+box_add() {
+	if ! vagrant box add --force --name "$default_box" "$1" >"$state/box-add.log" 2>&1; then
+		cat "$state/box-add.log" >&2
+		die "vagrant box add $1 failed"
+	fi
 }
 
 delete_box_volumes() {
@@ -295,6 +317,7 @@ scanned_keys() { # ADDRESS
 pin_keys() {
 	local name addr logf want got i tmp
 	tmp=$(mktemp "$lab/.known_hosts.XXXXXX")
+	tmpfiles+=("$tmp")
 	while read -r name; do
 		addr=$(node_address "$name")
 		logf=$console_dir/$name.log
@@ -339,6 +362,7 @@ lab_ssh() { # ADDRESS CMD...
 write_profile() {
 	local tmp name role
 	tmp=$(mktemp "$lab/.profile.XXXXXX")
+	tmpfiles+=("$tmp")
 	{
 		cat <<'EOF'
 apiVersion: castellan/v1alpha1
