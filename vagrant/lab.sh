@@ -419,13 +419,18 @@ cmd_up() {
 	wait_libvirt
 	# libvirt's autostarted "default" NAT network would only live in the
 	# namespace; the lab does not use it.
-	if virsh -q net-list --name 2>/dev/null | grep -qx default; then
+	if virsh -q net-list --name 2>/dev/null | grep -qx "default *"; then
 		virsh -q net-destroy default >/dev/null && log "stopped libvirt's default network (not used by the lab)"
 	fi
 
 	# vagrant-libvirt defines the storage pool "default" when it is missing;
-	# then down removes it again.
-	if ! virsh -q pool-info default >/dev/null 2>&1; then touch "$state/pool-created"; fi
+	# then down removes it again. (A transient one is left over from a
+	# libvirtd of ours that stopped with the pool active: libvirt restores
+	# active pools from /run/libvirt/storage.)
+	if ! virsh -q pool-info default >/dev/null 2>&1 ||
+		virsh -q pool-list --all --transient --name | grep -qx "default *"; then
+		touch "$state/pool-created"
+	fi
 
 	ensure_box
 	driver=$(choose_driver)
@@ -518,10 +523,15 @@ cmd_down() {
 				esac
 			done
 		done
-		if [[ -f $state/pool-created ]] && virsh -q pool-info default >/dev/null 2>&1 &&
+		# The pool "default" if the lab made it (or it is transient: then only a
+		# libvirtd of ours can have made it), once it is empty.
+		local persistent=1
+		virsh -q pool-list --all --transient --name 2>/dev/null | grep -qx "default *" && persistent=0
+		if { [[ -f $state/pool-created ]] || ((!persistent)); } && virsh -q pool-info default >/dev/null 2>&1 &&
 			[[ -z $(virsh -q vol-list default 2>/dev/null) ]]; then
 			virsh -q pool-destroy default >/dev/null 2>&1 || true
-			virsh -q pool-undefine default >/dev/null && log "removed storage pool default (vagrant-libvirt made it)"
+			if ((persistent)); then virsh -q pool-undefine default >/dev/null || true; fi
+			log "removed storage pool default (made for the lab)"
 		fi
 		timings+=("destroy: $((SECONDS - t)) s")
 	elif virsh -q version >/dev/null 2>&1; then
