@@ -49,8 +49,9 @@ $(STATICCHECK):
 
 .PHONY: bench
 bench: test-deps ## benchmarks: plan time, SSH connect, preflight vs Ansible (prints figures)
+	vagrant/scripts/ensure-packages.sh ansible
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
-	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 3x -timeout 30m ./installer/ssh ./installer
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh ./installer
 
 .PHONY: schema
 schema: ## regenerate profiles/cluster.schema.json from the Go types

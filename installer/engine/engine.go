@@ -107,7 +107,7 @@ type Result struct {
 // Engine runs an ordered list of phases.
 type Engine struct {
 	Phases []Phase
-	// Parallelism bounds how many nodes a phase works on at once (default 10).
+	// Parallelism bounds how many nodes a phase works on at once (default 50).
 	Parallelism int
 	Sink        Sink
 	Logger      *slog.Logger
@@ -316,3 +316,8 @@ func (n *nodeOutcomes) set(node string, o Outcome) {
 	}
 	n.m[node] = o
 }
+
+// DefaultParallelism is how many nodes a phase works on at once by default:
+// one SSH connection each, so it is cheap for the installer (measured: 50
+// nodes' facts in about a second on 2 cores).
+const DefaultParallelism = 50

@@ -97,7 +97,7 @@ func (r *Run) init(e *Engine) {
 	}
 	r.parallel = e.Parallelism
 	if r.parallel <= 0 {
-		r.parallel = 10
+		r.parallel = DefaultParallelism
 	}
 }
 

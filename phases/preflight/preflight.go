@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"castellan/installer/agent"
 	"castellan/installer/engine"
@@ -50,20 +51,22 @@ func RegisterAgentOps(r *agent.Registry) {
 // and gathers and checks the facts of the nodes that have it. A node that
 // fails its checks fails the plan.
 func (Phase) Plan(ctx context.Context, r *engine.Run) (engine.Plan, error) {
-	var plan engine.Plan
+	var mu sync.Mutex
 	missing := map[string]engine.AgentState{}
-	var ready []string
-	for _, node := range r.NodeNames() {
+	err := r.ForEachNode(ctx, r.NodeNames(), "facts", func(ctx context.Context, node string) error {
 		st, err := r.Access.Agent(ctx, node)
 		if err != nil {
-			return plan, fmt.Errorf("%s: %w", node, err)
+			return err
 		}
-		if st.Installed {
-			ready = append(ready, node)
-		} else {
+		if !st.Installed {
+			mu.Lock()
 			missing[node] = st
+			mu.Unlock()
+			return nil
 		}
-	}
+		return gatherAndCheck(ctx, r, node)
+	})
+	var plan engine.Plan
 	for _, node := range r.NodeNames() {
 		if st, ok := missing[node]; ok {
 			plan.Changes = append(plan.Changes, engine.Change{
@@ -72,9 +75,6 @@ func (Phase) Plan(ctx context.Context, r *engine.Run) (engine.Plan, error) {
 			})
 		}
 	}
-	err := r.ForEachNode(ctx, ready, "facts", func(ctx context.Context, node string) error {
-		return gatherAndCheck(ctx, r, node)
-	})
 	return plan, err
 }
 
