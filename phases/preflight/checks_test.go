@@ -71,7 +71,9 @@ func TestCheck(t *testing.T) {
 		{name: "unknown OS", node: func(n *facts.Node) { n.OS = facts.OS{ID: "gentoo", PrettyName: "Gentoo"} }, warnings: []string{"Gentoo is not a distribution castellan is tested on"}},
 		{name: "clock not synced", node: func(n *facts.Node) { n.Time.Synchronized = false }, warnings: []string{"the clock is not synchronised"}},
 		{name: "disk full", node: func(n *facts.Node) { n.Space[1].FreeB = GiB }, errors: []string{"1.0 GiB free on /var/lib: at least 2.0 GiB is needed"}},
-		{name: "api port taken", node: func(n *facts.Node) { n.Ports[1] = facts.Port{Port: 6443, Protocol: "tcp", InUse: true, Process: "nginx"} },
+		{name: "api port taken", node: func(n *facts.Node) {
+			n.Ports[1] = facts.Port{Port: 6443, Protocol: "tcp", InUse: true, Process: "nginx"}
+		},
 			errors: []string{"port tcp/6443 is in use by nginx: Kubernetes API server needs it"}},
 		{name: "api port held by our own apiserver", node: func(n *facts.Node) {
 			n.Ports[1] = facts.Port{Port: 6443, Protocol: "tcp", InUse: true, Process: "kube-apiserver"}
