@@ -309,3 +309,52 @@ func TestBadInputExitsBeforeConnecting(t *testing.T) {
 		t.Error("a state repo was created for a bad profile")
 	}
 }
+
+// TestRollback: rolling back applies an earlier run's profile as a new run,
+// committed as a rollback, and the state's profile is that run's again.
+func TestRollback(t *testing.T) {
+	lab := sshtest.New(t, sshtest.Options{Nodes: 1, PrivateDirs: []string{agent.BinDir}})
+	prof := testCluster(t, lab, "", "")
+	first, _ := os.ReadFile(prof)
+	if res, _ := Apply(context.Background(), context.Background(), testOptions(t, lab, prof, &engine.Recorder{})); res == nil {
+		t.Fatal("first apply did not run")
+	}
+	changed := strings.Replace(string(first), "role: server}", "role: server, labels: {tier: gold}}", 1)
+	if err := os.WriteFile(prof, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res2, _ := Apply(context.Background(), context.Background(), testOptions(t, lab, prof, &engine.Recorder{}))
+	if res2 == nil {
+		t.Fatal("second apply did not run")
+	}
+	diff, err := Diff(res2.StateDir, "1", "2")
+	if err != nil || !strings.Contains(diff, "+    - {name: n0") || !strings.Contains(diff, "tier: gold") {
+		t.Errorf("diff 1 2: %v\n%s", err, diff)
+	}
+
+	var notes strings.Builder
+	o := testOptions(t, lab, prof, &engine.Recorder{})
+	o.Notice = &notes
+	res3, _ := Rollback(context.Background(), context.Background(), o, "1")
+	if res3 == nil {
+		t.Fatal("rollback did not run")
+	}
+	if r := res3.Record; r.Number != 3 || r.Command != "rollback" || r.RollbackOf != 1 {
+		t.Errorf("rollback record = %+v", r)
+	}
+	got, err := os.ReadFile(filepath.Join(res3.StateDir, state.ProfileFile))
+	if err != nil || string(got) != string(first) {
+		t.Errorf("state profile after rollback is not run 1's: %v", err)
+	}
+	if !strings.Contains(notes.String(), "differs from the profile of run 1") {
+		t.Errorf("no note that the profile file differs: %q", notes.String())
+	}
+	hist, err := History(res3.StateDir)
+	if err != nil || len(hist) != 3 || hist[0].Record.Command != "rollback" {
+		t.Errorf("history after rollback: %v %v", hist, err)
+	}
+	// Unknown runs are bad input.
+	if _, err := Rollback(context.Background(), context.Background(), o, "42"); err == nil || !errors.As(err, new(*InputError)) {
+		t.Errorf("rollback to run 42: %v", err)
+	}
+}
