@@ -193,7 +193,11 @@ func (r *Run) ForEachNode(ctx context.Context, nodes []string, step string, fn f
 	var mu sync.Mutex
 	errs := NodeErrors{}
 	for _, node := range nodes {
+		// Wait for a slot first: a node is "started" only once it has one,
+		// and an interrupt that came while waiting must keep it from starting.
+		sem <- struct{}{}
 		if err := r.Checkpoint(); err != nil {
+			<-sem
 			mu.Lock()
 			errs[node] = err
 			mu.Unlock()
@@ -201,12 +205,12 @@ func (r *Run) ForEachNode(ctx context.Context, nodes []string, step string, fn f
 			continue
 		}
 		if ctx.Err() != nil {
+			<-sem
 			mu.Lock()
 			errs[node] = ctx.Err()
 			mu.Unlock()
 			continue
 		}
-		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
