@@ -101,12 +101,16 @@ pid_netns_is_ours() { [[ $(ip netns identify "$1" 2>/dev/null) == "$ns" ]]; }
 pids_named() { pgrep -x "$1" || true; }
 
 check_foreign_libvirtd() {
-	local pid
-	for pid in $(pids_named libvirtd); do
-		pid_netns_is_ours "$pid" && continue
-		die "a libvirtd (pid $pid) is already running outside the $ns namespace. Its socket $libvirt_sock is
-  global (one libvirtd per machine), and VMs it starts would put lab addresses outside the namespace.
-  Stop it (kill $pid; or systemctl stop libvirtd) and rerun; lab.sh starts its own inside the namespace."
+	local pid name
+	# libvirtd, or the modular daemons that would answer qemu:///system instead.
+	for name in libvirtd virtqemud virtnetworkd virtstoraged; do
+		for pid in $(pids_named "$name"); do
+			pid_netns_is_ours "$pid" && continue
+			die "a $name (pid $pid) is already running outside the $ns namespace. libvirt's sockets under
+  /run/libvirt are global (one libvirtd per machine), and VMs it starts would put lab addresses outside
+  the namespace. Stop it (kill $pid, or systemctl stop $name) and rerun; lab.sh starts its own libvirtd
+  inside the namespace."
+		done
 	done
 }
 
