@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -58,6 +59,14 @@ type Options struct {
 	// namespace (Node.PrivatePath gives the host-side path). Missing
 	// mountpoints are created on the host and removed at teardown.
 	PrivateDirs []string
+	// Loopback puts the direct Nodes in the host's network namespace,
+	// each sshd listening on 127.0.0.1 on a free port of its own, for
+	// clients that dial by themselves (go-git's ssh transport, the ssh
+	// and git CLIs) and so cannot use Lab.Dial. Each such sshd runs in a
+	// PID namespace of its own, so that stopping it ends its connections
+	// too, and allows TCP forwarding to loopback only. It cannot be
+	// combined with HiddenNodes or Bastion.
+	Loopback bool
 }
 
 // Lab is a set of sshd peers in network namespaces, torn down by t.Cleanup.
@@ -90,12 +99,15 @@ type Lab struct {
 	statePth string
 }
 
-// Node is one sshd in its own namespace.
+// Node is one sshd in its own namespace, or on loopback (Options.Loopback).
 type Node struct {
 	Name    string
-	NS      string
+	NS      string // "" for a loopback node
 	Address string // address the client (or, for hidden nodes, the bastion) dials
 	Port    int
+	// Loopback: the sshd listens on 127.0.0.1:Port in the host's network
+	// namespace.
+	Loopback bool
 	// Addresses are all the node's addresses (a bastion has two).
 	Addresses []string
 	// HostKeys by key type (Ed25519, ECDSA, RSA).
@@ -120,6 +132,9 @@ func New(t testing.TB, opts Options) *Lab {
 	}
 	if opts.Nodes > 250*126 || opts.HiddenNodes > 250*126 {
 		t.Fatalf("sshtest: too many nodes")
+	}
+	if opts.Loopback && (opts.HiddenNodes > 0 || opts.Bastion) {
+		t.Fatalf("sshtest: Loopback nodes cannot have a bastion or hidden nodes")
 	}
 	if len(opts.HostKeyTypes) == 0 {
 		opts.HostKeyTypes = AllKeyTypes
@@ -151,6 +166,10 @@ func New(t testing.TB, opts Options) *Lab {
 	}
 
 	for i := 0; i < opts.Nodes; i++ {
+		if opts.Loopback {
+			l.Nodes = append(l.Nodes, l.newLoopbackNode(fmt.Sprintf("n%d", i)))
+			continue
+		}
 		l.Nodes = append(l.Nodes, l.newNode(fmt.Sprintf("n%d", i), l.addr(false, i)))
 	}
 	if opts.Bastion || opts.HiddenNodes > 0 {
@@ -181,8 +200,8 @@ func New(t testing.TB, opts Options) *Lab {
 		t.Fatalf("sshtest: setting up lab %s: %v", id, err)
 	}
 	l.SetupTime = time.Since(start)
-	t.Logf("sshtest: lab %s: %d nodes, %d hidden, bastion=%v, subnet 10.%d.0.0/16, ready in %s",
-		id, len(l.Nodes), len(l.Hidden), l.Bastion != nil, l.subnet, l.SetupTime.Round(time.Millisecond))
+	t.Logf("sshtest: lab %s: %d nodes, %d hidden, bastion=%v, loopback=%v, subnet 10.%d.0.0/16, ready in %s",
+		id, len(l.Nodes), len(l.Hidden), l.Bastion != nil, opts.Loopback, l.subnet, l.SetupTime.Round(time.Millisecond))
 	return l
 }
 
@@ -204,6 +223,14 @@ func (l *Lab) newNode(name, addr string) *Node {
 	}
 }
 
+// newLoopbackNode is a node in the host's network namespace; its port is
+// chosen when it starts.
+func (l *Lab) newLoopbackNode(name string) *Node {
+	n := l.newNode(name, "127.0.0.1")
+	n.NS, n.Port, n.Loopback = "", 0, true
+	return n
+}
+
 // AllNodes is Nodes, then the bastion, then the hidden nodes.
 func (l *Lab) AllNodes() []*Node {
 	all := append([]*Node(nil), l.Nodes...)
@@ -215,10 +242,21 @@ func (l *Lab) AllNodes() []*Node {
 
 func (l *Lab) namespaces() []string {
 	ns := []string{l.ClientNS}
-	for _, n := range l.AllNodes() {
+	for _, n := range l.nsNodes() {
 		ns = append(ns, n.NS)
 	}
 	return ns
+}
+
+// nsNodes are the nodes that have a network namespace of their own.
+func (l *Lab) nsNodes() []*Node {
+	var out []*Node
+	for _, n := range l.AllNodes() {
+		if !n.Loopback {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func (l *Lab) setup(opts Options) error {
@@ -281,7 +319,12 @@ func (l *Lab) setupNetwork() error {
 	}
 	b.Reset()
 	fmt.Fprintf(&b, "link set lo up\nlink add br0 type bridge\naddr add 10.%d.0.1/17 dev br0\nlink set br0 up\n", l.subnet)
-	direct := append([]*Node(nil), l.Nodes...)
+	var direct []*Node
+	for _, n := range l.Nodes {
+		if !n.Loopback {
+			direct = append(direct, n)
+		}
+	}
 	if l.Bastion != nil {
 		direct = append(direct, l.Bastion)
 	}
@@ -303,7 +346,7 @@ func (l *Lab) setupNetwork() error {
 	}
 	var g errgroup.Group
 	g.SetLimit(4)
-	for _, n := range l.AllNodes() {
+	for _, n := range l.nsNodes() {
 		g.Go(func() error {
 			return ipBatch(n.NS, fmt.Sprintf("link set lo up\naddr add %s/17 dev eth0\nlink set eth0 up\n", n.Address))
 		})
@@ -324,15 +367,51 @@ func ipBatch(ns, script string) error {
 	return nil
 }
 
-// start writes the node's sshd config and runs sshd inside its namespace,
-// waiting until it listens.
+// errPortTaken: another process bound a loopback node's port first.
+var errPortTaken = errors.New("port already in use")
+
+// start writes the node's sshd config and runs sshd inside its namespace
+// (on a free loopback port for a loopback node), waiting until it listens.
 func (n *Node) start() error {
-	l := n.lab
-	h, err := netns.GetFromName(n.NS)
-	if err != nil {
-		return fmt.Errorf("opening namespace %s: %w", n.NS, err)
+	if !n.Loopback {
+		h, err := netns.GetFromName(n.NS)
+		if err != nil {
+			return fmt.Errorf("opening namespace %s: %w", n.NS, err)
+		}
+		n.nsH = h
+		return n.run()
 	}
-	n.nsH = h
+	// The port is free when picked but may be taken before sshd binds it:
+	// pick another then.
+	var err error
+	for range 10 {
+		if n.Port, err = freeLoopbackPort(); err != nil {
+			return err
+		}
+		if err = n.run(); !errors.Is(err, errPortTaken) {
+			return err
+		}
+		n.done = make(chan struct{})
+	}
+	return fmt.Errorf("sshd for %s: no free loopback port after 10 tries: %w", n.Name, err)
+}
+
+// freeLoopbackPort is a TCP port free on 127.0.0.1 at the time of the call.
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free loopback port: %w", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := ln.Close(); err != nil {
+		return 0, err
+	}
+	return port, nil
+}
+
+// run starts the node's sshd once.
+func (n *Node) run() error {
+	l := n.lab
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "Port %d\n", n.Port)
 	for _, a := range n.Addresses {
@@ -355,12 +434,18 @@ PermitRootLogin no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
-AllowTcpForwarding yes
 AuthorizedKeysFile %s
 AllowUsers %s %s
 Subsystem sftp %s
 LogLevel INFO
 `, filepath.Join(l.Dir, "authorized_keys"), l.User, l.PasswordUser, sftpServer())
+	if n.Loopback {
+		// In the host's network namespace: forwarding may reach loopback
+		// only.
+		cfg.WriteString("AllowTcpForwarding local\nPermitOpen 127.0.0.1:* [::1]:*\nAllowStreamLocalForwarding no\n")
+	} else {
+		cfg.WriteString("AllowTcpForwarding yes\n")
+	}
 	cfgPath := filepath.Join(n.Dir, "sshd_config")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
 		return err
@@ -391,12 +476,25 @@ LogLevel INFO
 		cmd = exec.Command("/bin/sh", "-c", strings.Join(script, " && "))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 	}
+	if n.Loopback {
+		// sshd is the init of a PID namespace: when it dies, the kernel
+		// kills its connections and whatever they run.
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWPID
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		logf.Close()
 		return err
 	}
-	if err := startInNS(h, cmd); err != nil {
+	if n.Loopback {
+		err = cmd.Start()
+	} else {
+		err = startInNS(n.nsH, cmd)
+	}
+	if err != nil {
 		logf.Close()
 		return fmt.Errorf("starting sshd for %s: %w", n.Name, err)
 	}
@@ -423,6 +521,9 @@ LogLevel INFO
 		return nil
 	case <-n.done:
 		log, _ := os.ReadFile(n.LogFile)
+		if n.Loopback && bytes.Contains(log, []byte("Address already in use")) {
+			return fmt.Errorf("sshd for %s on port %d: %w", n.Name, n.Port, errPortTaken)
+		}
 		return fmt.Errorf("sshd for %s exited at start: %s", n.Name, log)
 	case <-time.After(20 * time.Second):
 		return fmt.Errorf("sshd for %s not listening after 20s", n.Name)
@@ -455,7 +556,9 @@ func startInNS(h netns.NsHandle, cmd *exec.Cmd) error {
 // Dial opens a TCP connection from inside the client namespace. Plug it into
 // ssh.Config.Dial. The socket is created on a thread switched into the
 // namespace and stays there; the thread is switched back before it is
-// released.
+// released. A loopback address (where loopback nodes listen; nothing
+// listens on the client namespace's own loopback) is dialed from the host's
+// network namespace.
 func (l *Lab) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	l.mu.Lock()
 	closed := l.closed
@@ -463,7 +566,21 @@ func (l *Lab) Dial(ctx context.Context, network, addr string) (net.Conn, error) 
 	if closed {
 		return nil, fmt.Errorf("sshtest: lab %s is torn down", l.ID)
 	}
+	if isLoopback(addr) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
 	return dialInNS(ctx, l.clientH, network, addr)
+}
+
+// isLoopback says whether addr (host:port) is a loopback IP address.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func dialInNS(ctx context.Context, h netns.NsHandle, network, addr string) (net.Conn, error) {

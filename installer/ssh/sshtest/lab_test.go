@@ -3,6 +3,7 @@ package sshtest_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,5 +167,107 @@ func TestPrivateDirs(t *testing.T) {
 	})
 	if _, err := os.Stat(root); err == nil {
 		t.Fatalf("%s left behind", root)
+	}
+}
+
+// TestLoopbackNodes: loopback nodes listen on 127.0.0.1 in the host's
+// network namespace, each on its own port; Lab.Dial, the castellan client
+// and the OpenSSH client with the lab's known_hosts reach them; teardown
+// ends their sshd and everything their connections run.
+func TestLoopbackNodes(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("ssh"); err != nil {
+		sshtest.Require(t)
+		if os.Getenv(sshtest.RequireEnv) == "1" {
+			t.Fatalf("the ssh client is missing: %v", err)
+		}
+		t.Skipf("the ssh client is missing: %v", err)
+	}
+	var addrs []string
+	var sleeper int
+	var users []string
+	t.Run("lab", func(t *testing.T) {
+		lab := sshtest.New(t, sshtest.Options{Nodes: 2, Loopback: true})
+		users = []string{lab.User, lab.PasswordUser}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		ports := map[int]bool{}
+		for _, n := range lab.Nodes {
+			if !n.Loopback || n.NS != "" || n.Address != "127.0.0.1" || n.Port <= 0 || n.Port == 22 || ports[n.Port] {
+				t.Fatalf("node %s: loopback=%v ns=%q address %s port %d", n.Name, n.Loopback, n.NS, n.Address, n.Port)
+			}
+			ports[n.Port] = true
+			addrs = append(addrs, n.Host().Addr())
+			want := fmt.Sprintf("[127.0.0.1]:%d ssh-ed25519 ", n.Port)
+			if line := n.KnownHostsLine(sshtest.Ed25519, false); !strings.HasPrefix(line, want) {
+				t.Fatalf("known_hosts line %q, want prefix %q", line, want)
+			}
+			// From the host's network namespace, as any client dials.
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", n.Host().Addr())
+			if err != nil {
+				t.Fatalf("plain dial of %s: %v", n.Name, err)
+			}
+			c.Close()
+			c, err = lab.Dial(ctx, "tcp", n.Host().Addr())
+			if err != nil {
+				t.Fatalf("lab dial of %s: %v", n.Name, err)
+			}
+			c.Close()
+		}
+		pool, err := castssh.NewPool(lab.Config())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Close()
+		for _, n := range lab.Nodes {
+			out, err := clientOutput(ctx, pool, n.Host(), "id", "-un")
+			if err != nil || out != lab.User {
+				t.Fatalf("%s: id -un = %q, %v", n.Name, out, err)
+			}
+		}
+		// OpenSSH itself accepts the known_hosts the lab writes, with
+		// strict checking and one key type only.
+		n := lab.Nodes[0]
+		kh := lab.WriteKnownHosts(sshtest.KnownHostsOptions{Nodes: []*sshtest.Node{n}, KeyTypes: []string{sshtest.ECDSA}, Hashed: true})
+		out, err := exec.CommandContext(ctx, "ssh", "-F", "none", "-i", lab.KeyFile, "-p", fmt.Sprint(n.Port),
+			"-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+			"-o", "UserKnownHostsFile="+kh, "-o", "GlobalKnownHostsFile=/dev/null",
+			lab.User+"@127.0.0.1", "echo", "hello").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "hello" {
+			t.Fatalf("ssh to %s: %q, %v", n.Name, out, err)
+		}
+		// A connection that runs something long: teardown must end it.
+		c, err := pool.Client(ctx, n.Host())
+		if err != nil {
+			t.Fatal(err)
+		}
+		go c.Output(context.Background(), castssh.Cmd{Argv: []string{"sleep", "600"}}) //nolint:errcheck // ended by teardown
+		for deadline := time.Now().Add(10 * time.Second); sleeper == 0; time.Sleep(20 * time.Millisecond) {
+			for _, p := range n.Processes() {
+				if len(p.Cmdline) > 0 && p.Cmdline[0] == "sleep" {
+					sleeper = p.PID
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sleep not seen under %s's sshd: %v", n.Name, n.Processes())
+			}
+		}
+	})
+	for _, a := range addrs {
+		if c, err := net.DialTimeout("tcp", a, 2*time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts connections after teardown", a)
+		}
+	}
+	if sleeper != 0 {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", sleeper)); err == nil {
+			t.Errorf("process %d started over a connection is still alive after teardown", sleeper)
+		}
+	}
+	for _, u := range users {
+		if exec.Command("id", u).Run() == nil {
+			t.Errorf("user %s left behind", u)
+		}
 	}
 }

@@ -8,7 +8,7 @@
 // Everything a Lab creates (processes, namespaces, users, sudoers drop-in,
 // files) is removed by t.Cleanup; labs left behind by a killed test process
 // are swept by the next New. Traffic only ever goes to addresses inside the
-// namespaces the lab created.
+// namespaces the lab created, or to loopback.
 //
 // Use from any package's tests:
 //
@@ -22,6 +22,12 @@
 //		res, err := pool.Run(ctx, lab.Nodes[0].Host(), ssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true})
 //		...
 //	}
+//
+// Clients that dial by themselves (go-git's ssh transport, the ssh and git
+// CLIs) cannot enter the namespaces: Options.Loopback gives nodes whose sshd
+// listens on 127.0.0.1 (a free port each) in the host's network namespace
+// instead, with the same users, keys and known_hosts helpers; Lab.Dial
+// reaches them too.
 //
 // Nodes share the host's file system (only the network is namespaced), so a
 // test can check directly what a node wrote; Lab.UserDir gives a directory

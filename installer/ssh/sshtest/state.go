@@ -1,6 +1,7 @@
 package sshtest
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -207,8 +208,9 @@ func sweepStale(t testing.TB) {
 	}
 }
 
-// removeLab kills every process in the lab's namespaces, deletes them, and
-// removes the users, the sudoers drop-in and the lab directory.
+// removeLab kills every process in the lab's namespaces, deletes them, kills
+// the lab's loopback sshds, and removes the users, the sudoers drop-in and
+// the lab directory.
 func removeLab(st labState) error {
 	var errs []error
 	inodes := map[uint64]bool{}
@@ -244,6 +246,9 @@ func removeLab(st labState) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := killLoopbackSSHDs(st.Dir); err != nil {
+		errs = append(errs, err)
+	}
 	for _, u := range st.Users {
 		if err := exec.Command("id", "-u", u).Run(); err != nil {
 			continue // not there
@@ -268,6 +273,54 @@ func removeLab(st labState) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// killLoopbackSSHDs kills the sshds that run with a config in the lab
+// directory dir outside the lab's network namespaces (loopback nodes), found
+// by their command line, so that a lab left behind by a killed test process
+// can be swept too. Each is the init of its own PID namespace: the kernel
+// kills its connections with it.
+func killLoopbackSSHDs(dir string) error {
+	if dir == "" || !strings.HasPrefix(filepath.Base(dir), "cst-") {
+		return nil
+	}
+	needle := []byte(filepath.Clean(dir) + "/")
+	// A dying process loses its command line before its PID namespace is
+	// emptied: remember what was found and wait until it is a zombie.
+	found := map[int]string{} // pid: start time
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, pid := range procPIDs() {
+			if _, ok := found[pid]; ok {
+				continue
+			}
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if err == nil && bytes.Contains(b, needle) {
+				found[pid] = procStart(pid)
+			}
+		}
+		var alive []int
+		for pid, start := range found {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil {
+				continue // gone
+			}
+			if f := statFields(b); len(f) < 20 || f[0] == "Z" || f[19] != start {
+				continue // dead, waiting to be reaped, or the PID reused
+			}
+			alive = append(alive, pid)
+		}
+		if len(alive) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("loopback sshds of %s still alive: %v", dir, alive)
+		}
+		for _, pid := range alive {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // procStart returns the start time of pid, or "" if it does not exist.
