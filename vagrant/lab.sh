@@ -70,7 +70,9 @@ node_count() {
 	local n=${CASTELLAN_NODES:-}
 	if [[ -z $n && -f $state/nodes ]]; then n=$(<"$state/nodes"); fi
 	n=${n:-3}
-	[[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= 50)) || die "CASTELLAN_NODES must be a number from 1 to 50, not '$n'"
+	if ! [[ $n =~ ^[0-9]+$ ]] || ((n < 1 || n > 50)); then
+		die "CASTELLAN_NODES must be a number from 1 to 50, not '$n'"
+	fi
 	echo "$n"
 }
 subnet=${CASTELLAN_SUBNET:-192.168.56}
@@ -319,7 +321,7 @@ scanned_keys() { # ADDRESS
 }
 
 pin_keys() {
-	local name addr logf want got i tmp
+	local name addr logf want got i tmp line
 	tmp=$(mktemp "$lab/.known_hosts.XXXXXX")
 	tmpfiles+=("$tmp")
 	while read -r name; do
@@ -346,7 +348,7 @@ pin_keys() {
 			printf 'console (%s):\n%s\nssh-keyscan (%s):\n%s\n' "$logf" "$want" "$addr" "$got" >&2
 			die "host keys of $name seen over the network differ from those on its serial console: refusing to pin them"
 		fi
-		sed "s|^|$addr |" <<<"$want" >>"$tmp"
+		while read -r line; do printf '%s %s\n' "$addr" "$line"; done <<<"$want" >>"$tmp"
 		log "pinned $(wc -l <<<"$want") host keys of $name ($addr) from its serial console; ssh-keyscan agrees"
 	done < <(node_names)
 	chmod 0644 "$tmp"
@@ -573,7 +575,9 @@ cmd_down() {
 	rm -rf "$state"
 	rm -rf "$here/.vagrant/machines"
 	printf 'lab is down (%s s)\n' "$((SECONDS - t0))"
-	[[ ! -d $lab ]] || [[ -z $(ls -A "$lab") ]] || printf '  kept in %s: %s\n' "$lab" "$(ls -A "$lab" | tr '\n' ' ')"
+	local kept
+	kept=$(find "$lab" -mindepth 1 -maxdepth 1 -printf '%f ' 2>/dev/null || true)
+	if [[ -n $kept ]]; then printf '  kept in %s: %s\n' "$lab" "$kept"; fi
 }
 
 # --- status, exec, ssh ---------------------------------------------------------

@@ -38,8 +38,13 @@ export DEBIAN_FRONTEND=noninteractive
 apt_opts=(-q -y -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300)
 
 printf 'ensure-packages: installing %s\n' "${missing[*]}" >&2
-"${sudo[@]}" apt-get "${apt_opts[@]}" update >/dev/null ||
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+if ! "${sudo[@]}" apt-get "${apt_opts[@]}" update >"$out" 2>&1; then
+	tail -n 20 "$out" >&2
 	die "apt-get update failed (check the mirror in /etc/apt/sources.list.d/ and the network)"
-if ! "${sudo[@]}" apt-get "${apt_opts[@]}" "${recommends[@]}" install "${missing[@]}" >/dev/null; then
-	die "apt-get install ${missing[*]} failed; run it by hand to see why"
+fi
+if ! "${sudo[@]}" apt-get "${apt_opts[@]}" "${recommends[@]}" install "${missing[@]}" >"$out" 2>&1; then
+	tail -n 20 "$out" >&2
+	die "apt-get install ${missing[*]} failed (output above)"
 fi
