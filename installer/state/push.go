@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
+	"net"
+	"os"
+	"strconv"
 	"strings"
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing/transport"
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
+	"github.com/skeema/knownhosts"
 )
 
 // Remote says where and how to push the state repo.
@@ -27,31 +31,74 @@ const remoteName = "castellan"
 // Push pushes the main branch to the remote over SSH, verifying its host key
 // against KnownHostsFile. The remote's history is never rewritten: a
 // non-fast-forward is an error that says to reconcile by hand.
+//
+// When ctx ends, Push returns at once; a connection stuck in its SSH
+// handshake (which go-git runs without a context) is abandoned.
 func (r *Repo) Push(ctx context.Context, rm Remote) error {
 	if rm.KnownHostsFile == "" {
 		return errors.New("pushing the state repo: a known_hosts file for the remote is required")
 	}
-	user := sshUser(rm.URL)
+	if rm.KeyFile == "" {
+		return errors.New("pushing the state repo: a key file for the remote is required")
+	}
+	ep, err := transport.NewEndpoint(rm.URL)
+	if err != nil {
+		return fmt.Errorf("pushing the state repo: remote URL %q: %w", rm.URL, err)
+	}
+	if ep.Protocol != "ssh" {
+		return fmt.Errorf("pushing the state repo: remote URL %q: not an SSH URL (ssh://user@host:port/path or user@host:path)", rm.URL)
+	}
+	user := ep.User
+	if user == "" {
+		user = gitssh.DefaultUsername
+	}
+	hostPort := dialedAddr(ep)
+
 	auth, err := gitssh.NewPublicKeysFromFile(user, rm.KeyFile, "")
 	if err != nil {
 		return fmt.Errorf("pushing the state repo: key %s: %w", rm.KeyFile, err)
+	}
+	// go-git would fall back to ~/.ssh/known_hosts for a missing file.
+	if _, err := os.Stat(rm.KnownHostsFile); err != nil {
+		return fmt.Errorf("pushing the state repo: known_hosts: %w", err)
 	}
 	db, err := gitssh.NewKnownHostsDb(rm.KnownHostsFile)
 	if err != nil {
 		return fmt.Errorf("pushing the state repo: known_hosts %s: %w", rm.KnownHostsFile, err)
 	}
 	auth.HostKeyCallback = db.HostKeyCallback()
+	// Ask the server for a key of a type known_hosts has for it: by
+	// default it would send its preferred one, which known_hosts may lack
+	// (a "key mismatch" for a host whose other key is known).
+	auth.HostKeyAlgorithms = db.HostKeyAlgorithms(hostPort)
 	if err := r.setRemote(rm.URL); err != nil {
-		return err
+		return fmt.Errorf("pushing the state repo: %w", err)
 	}
-	err = r.git.PushContext(ctx, &git.PushOptions{
-		RemoteName: remoteName,
-		RefSpecs:   []config.RefSpec{config.RefSpec("refs/heads/" + branch + ":refs/heads/" + branch)},
-		Auth:       auth,
-	})
+
+	done := make(chan error, 1)
+	go func() {
+		done <- r.git.PushContext(ctx, &git.PushOptions{
+			RemoteName: remoteName,
+			RefSpecs:   []config.RefSpec{config.RefSpec("refs/heads/" + branch + ":refs/heads/" + branch)},
+			Auth:       auth,
+		})
+	}()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	host := knownhosts.Normalize(hostPort)
 	switch {
 	case err == nil, errors.Is(err, git.NoErrAlreadyUpToDate):
 		return nil
+	case knownhosts.IsHostKeyChanged(err):
+		return fmt.Errorf("pushing the state repo to %s: the host key of %s does not match the one in %s: "+
+			"the remote was reinstalled or someone is in between; check the key out of band and update the file by hand: %w",
+			rm.URL, host, rm.KnownHostsFile, err)
+	case knownhosts.IsHostUnknown(err):
+		return fmt.Errorf("pushing the state repo to %s: the host key of %s is not in %s: "+
+			"check the key out of band and add it: %w", rm.URL, host, rm.KnownHostsFile, err)
 	case errors.Is(err, git.ErrNonFastForwardUpdate) || strings.Contains(err.Error(), "non-fast-forward"):
 		return fmt.Errorf("pushing the state repo to %s: the remote has runs this repo does not; fetch and reconcile by hand, castellan never overwrites history: %w", rm.URL, err)
 	default:
@@ -74,13 +121,21 @@ func (r *Repo) setRemote(u string) error {
 	return nil
 }
 
-// sshUser is the user part of an SSH URL, "git" when it has none.
-func sshUser(u string) string {
-	if p, err := url.Parse(u); err == nil && p.Scheme != "" && p.User != nil {
-		return p.User.Username()
+// dialedAddr is the host:port go-git's ssh transport dials for ep, and so
+// the name it checks in known_hosts: like it, it honours a HostName (and
+// Port) set for the host in ~/.ssh/config.
+func dialedAddr(ep *transport.Endpoint) string {
+	host, port := ep.Host, ep.Port
+	if cfg := gitssh.DefaultSSHConfig; cfg != nil {
+		if h := cfg.Get(ep.Host, "Hostname"); h != "" {
+			host = h
+			if p, err := strconv.Atoi(cfg.Get(ep.Host, "Port")); err == nil {
+				port = p
+			}
+		}
 	}
-	if at := strings.Index(u, "@"); at > 0 && !strings.Contains(u[:at], "/") {
-		return u[:at]
+	if port <= 0 {
+		port = gitssh.DefaultPort
 	}
-	return "git"
+	return net.JoinHostPort(host, strconv.Itoa(port))
 }
