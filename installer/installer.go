@@ -54,6 +54,9 @@ func inputErr(err error) error {
 	return &InputError{Err: err}
 }
 
+// pushTimeout bounds the push of the state repo at the end of a run.
+const pushTimeout = 2 * time.Minute
+
 // ErrAborted is returned when the user declined the plan.
 var ErrAborted = errors.New("aborted: nothing was changed")
 
@@ -311,7 +314,10 @@ func apply(ctx, interrupt context.Context, o Options, p *profile.Profile, comman
 	}
 	out := &Result{Record: rec, Commit: hash.String()[:12], StateDir: s.repo.Dir()}
 	if r := p.Spec.State.Remote; r != nil {
-		err := s.repo.Push(context.WithoutCancel(ctx), state.Remote{URL: r.URL, KeyFile: p.Resolve(r.KeyFile), KnownHostsFile: p.Resolve(r.KnownHosts)})
+		// The run is over; a wedged remote must not hold the process forever.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pushTimeout)
+		defer cancel()
+		err := s.repo.Push(pctx, state.Remote{URL: r.URL, KeyFile: p.Resolve(r.KeyFile), KnownHostsFile: p.Resolve(r.KnownHosts)})
 		if err != nil {
 			o.notice("warning: run %d is committed locally but was not pushed: %v", number, err)
 		}
