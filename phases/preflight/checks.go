@@ -109,7 +109,9 @@ func check(r requirements, f facts.Node) []Problem {
 	}
 	if f.MemoryB < minMemory {
 		errf("%s of memory: at least %s is needed to run a Kubernetes node", bytesHuman(f.MemoryB), bytesHuman(minMemory))
-	} else if rec := memoryRec(r.node.Role); f.MemoryB < rec {
+	} else if rec := memoryRec(r.node.Role); f.MemoryB < rec-rec/16 {
+		// MemTotal is what the kernel manages: a few percent below the RAM
+		// the machine was given, so a 2 GiB VM is not below 2 GiB.
 		warnf("%s of memory: an RKE2 %s should have %s or more; workloads may be evicted", bytesHuman(f.MemoryB), r.node.Role, bytesHuman(rec))
 	}
 	if r.tpm && !f.TPM.Present {

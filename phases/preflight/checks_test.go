@@ -67,6 +67,7 @@ func TestCheck(t *testing.T) {
 			profile: func(p *profile.Profile) { off := false; p.Spec.Mesh.Enabled = &off }},
 		{name: "no systemd", node: func(n *facts.Node) { n.Systemd = false }, errors: []string{"systemd is not running"}},
 		{name: "little memory", node: func(n *facts.Node) { n.MemoryB = 512 << 20 }, errors: []string{"512 MiB of memory: at least 1.0 GiB is needed"}},
+		{name: "a 4 GiB VM is 4 GiB", node: func(n *facts.Node) { n.MemoryB = 3900 << 20 }},
 		{name: "some memory", node: func(n *facts.Node) { n.MemoryB = 2 * GiB }, warnings: []string{"2.0 GiB of memory: an RKE2 server should have 4.0 GiB or more"}},
 		{name: "unknown OS", node: func(n *facts.Node) { n.OS = facts.OS{ID: "gentoo", PrettyName: "Gentoo"} }, warnings: []string{"Gentoo is not a distribution castellan is tested on"}},
 		{name: "clock not synced", node: func(n *facts.Node) { n.Time.Synchronized = false }, warnings: []string{"the clock is not synchronised"}},
