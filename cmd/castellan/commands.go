@@ -74,17 +74,34 @@ Then:        castellan validate -f cluster.yaml
 		},
 	}
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn, error")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		var lvl slog.Level
+		if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
+			return usageError{fmt.Errorf("--log-level %q: use debug, info, warn or error", a.logLevel)}
+		}
+		return nil
+	}
 	root.AddCommand(a.applyCommand(), a.planCommand(), a.validateCommand(), a.historyCommand(), a.diffCommand(),
 		a.rollbackCommand(), a.profileCommand(), a.versionCommand(), a.agentCommand())
 	return root
 }
 
+// logger logs text on stderr at --log-level.
 func (a *app) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: a.level()}))
+}
+
+// agentLogger logs JSON on stderr: the installer side reads it.
+func (a *app) agentLogger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(a.stderr, &slog.HandlerOptions{Level: a.level()}))
+}
+
+func (a *app) level() slog.Level {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
 		lvl = slog.LevelWarn
 	}
-	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: lvl}))
+	return lvl
 }
 
 func (a *app) profileFlag(cmd *cobra.Command) {

@@ -56,6 +56,7 @@ func TestExitCodesAndMessages(t *testing.T) {
 		{name: "apply unknown phase", args: []string{"apply", "-f", valid, "--yes", "--only", "mesa"}, code: 2, stderr: "unknown phase mesa; phases are: preflight"},
 		{name: "apply unknown node", args: []string{"apply", "-f", valid, "--yes", "--nodes", "s9"}, code: 2, stderr: `unknown node "s9"; the profile's nodes are: s1`},
 		{name: "apply bad output", args: []string{"apply", "-f", valid, "--yes", "-o", "yaml"}, code: 2, stderr: `unknown output format "yaml"`},
+		{name: "bad log level", args: []string{"version", "--log-level", "loud"}, code: 2, stderr: `--log-level "loud": use debug, info, warn or error`},
 		{name: "unknown command", args: []string{"deploy"}, code: 2, stderr: `unknown command "deploy"`},
 		{name: "history without runs", args: []string{"history", "-f", valid}, code: 2, stderr: "is not a castellan state repo (no runs yet?)"},
 		{name: "diff needs a revision", args: []string{"diff", "-f", valid}, code: 2, stderr: "accepts between 1 and 2 arg(s)"},

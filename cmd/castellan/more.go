@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -259,12 +258,4 @@ func (a *app) agentCommand() *cobra.Command {
 			return installer.AgentRegistry().Serve(a.ctx, args[0], a.stdin, a.stdout, log)
 		},
 	}
-}
-
-func (a *app) agentLogger() *slog.Logger {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
-		lvl = slog.LevelWarn
-	}
-	return slog.New(slog.NewJSONHandler(a.stderr, &slog.HandlerOptions{Level: lvl}))
 }
