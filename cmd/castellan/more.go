@@ -44,6 +44,11 @@ node's facts say so.`,
 			} else if len(plans) > 0 {
 				report.WritePlan(a.stdout, plans)
 			}
+			var ie *installer.InputError
+			if err != nil && !errors.As(err, &ie) {
+				// A phase that could not plan was reported in the event stream.
+				return errAlreadyReported
+			}
 			return err
 		},
 	}
