@@ -11,6 +11,7 @@ import (
 	"castellan/assets"
 	"castellan/installer"
 	"castellan/installer/buildinfo"
+	"castellan/installer/engine"
 	"castellan/installer/report"
 )
 
@@ -44,8 +45,8 @@ node's facts say so.`,
 			} else if len(plans) > 0 {
 				report.WritePlan(a.stdout, plans)
 			}
-			var ie *installer.InputError
-			if err != nil && !errors.As(err, &ie) {
+			var pe *engine.PlanError
+			if errors.As(err, &pe) {
 				// A phase that could not plan was reported in the event stream.
 				return errAlreadyReported
 			}

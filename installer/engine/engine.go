@@ -158,7 +158,7 @@ func (e *Engine) PlanAll(ctx context.Context, r *Run, phases []Phase) ([]Plan, e
 		plan.Phase = p.Name()
 		if err != nil {
 			r.emit(Event{Phase: p.Name(), Step: "plan", Status: StatusFailed, Message: err.Error(), Elapsed: time.Since(start)})
-			errs = append(errs, fmt.Errorf("planning %s: %w", p.Name(), err))
+			errs = append(errs, &PlanError{Phase: p.Name(), Err: err})
 			continue
 		}
 		r.emit(Event{Phase: p.Name(), Step: "plan", Status: StatusDone, Message: planSummary(plan), Elapsed: time.Since(start)})
@@ -169,6 +169,15 @@ func (e *Engine) PlanAll(ctx context.Context, r *Run, phases []Phase) ([]Plan, e
 	}
 	return plans, errors.Join(errs...)
 }
+
+// PlanError is a phase that could not plan; PlanAll has reported it as an event.
+type PlanError struct {
+	Phase string
+	Err   error
+}
+
+func (e *PlanError) Error() string { return fmt.Sprintf("planning %s: %v", e.Phase, e.Err) }
+func (e *PlanError) Unwrap() error { return e.Err }
 
 func planSummary(p Plan) string {
 	if p.Empty() {
