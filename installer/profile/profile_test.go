@@ -140,6 +140,11 @@ func TestLoadErrors(t *testing.T) {
 			want: `cluster.yaml:8:5: spec.ssh.keyFile: cannot read key file {dir}/id_missing: no such file or directory`,
 		},
 		{
+			name: "agent without SSH_AUTH_SOCK",
+			body: strings.Replace(validProfile, "keyFile: id_test", "agent: true", 1),
+			want: `cluster.yaml:8:5: spec.ssh.agent: agent: true but SSH_AUTH_SOCK is not set: start ssh-agent and add the key (ssh-add), or set keyFile`,
+		},
+		{
 			name: "known_hosts missing",
 			body: strings.Replace(validProfile, "knownHosts: known_hosts", "knownHosts: nowhere", 1),
 			want: `cluster.yaml:9:5: spec.ssh.knownHosts: cannot read {dir}/nowhere: no such file or directory; add the nodes' host keys to it (verified out of band), or run with --accept-new-host-keys to record them on first contact`,
@@ -222,6 +227,7 @@ func TestLoadErrors(t *testing.T) {
 	}
 	// The misspelt-field case reports two problems; check the first precisely.
 	tests[1].want = `cluster.yaml:9:5: spec.ssh: unknown field "knownhosts"; expected one of: knownHosts, user, port, keyFile, agent, sudo, bastion, connectTimeout, commandTimeout`
+	t.Setenv("SSH_AUTH_SOCK", "")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeProfile(t, tt.body)

@@ -110,6 +110,9 @@ func (v *validator) ssh(opts ValidateOptions) {
 		v.errf("spec.ssh", "no credentials: set keyFile to a private key file, or agent: true to use ssh-agent")
 	}
 	v.readable("spec.ssh.keyFile", s.KeyFile, opts, "key file")
+	if s.Agent && s.KeyFile == "" && !opts.SkipFileChecks && os.Getenv("SSH_AUTH_SOCK") == "" {
+		v.errf("spec.ssh.agent", "agent: true but SSH_AUTH_SOCK is not set: start ssh-agent and add the key (ssh-add), or set keyFile")
+	}
 	if s.KnownHosts == "" {
 		v.errf("spec.ssh.knownHosts", "required: the known_hosts file the nodes' host keys are checked against (host keys are never ignored)")
 	} else if !opts.SkipFileChecks {
