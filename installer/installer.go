@@ -143,7 +143,7 @@ func open(o Options, p *profile.Profile, locked bool) (*session, error) {
 		return nil, fmt.Errorf("state repo keys: %w", err)
 	}
 	for _, n := range keys.Notices {
-		o.notice("note: %s", n)
+		o.notice("warning: %s", n)
 	}
 	if s.repo, err = state.Open(p.Resolve(p.Spec.State.Repo), keys); err != nil {
 		return nil, err
