@@ -171,7 +171,7 @@ func TestPushOverSSH(t *testing.T) {
 	if err := os.Chown(filepath.Join(clone, "NOTE"), int(l.cred.Uid), int(l.cred.Gid)); err != nil {
 		t.Fatal(err)
 	}
-	l.git(t, clone, "add", "NOTE")
+	l.git(t, clone, "add", "-f", "NOTE")
 	l.git(t, clone, "commit", "-q", "-m", "edited by hand")
 	l.git(t, clone, "push", "-q", "origin", "main")
 	diverged := strings.TrimSpace(l.git(t, bare, "rev-parse", "main"))

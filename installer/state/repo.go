@@ -43,6 +43,7 @@ const (
 	runsDir        = "runs"
 	recipientsFile = "recipients.txt"
 	readmeFile     = "README.md"
+	ignoreFile     = ".gitignore"
 	lockFile       = "castellan.lock" // inside .git, never committed
 	branch         = "main"
 )
@@ -85,6 +86,18 @@ func Open(dir string, keys *Keys) (*Repo, error) {
 	return r, nil
 }
 
+// Exists reports whether dir holds a state repo (a git repository).
+func Exists(dir string) (bool, error) {
+	_, err := os.Stat(filepath.Join(dir, ".git", "HEAD"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("state repo %s: %w", dir, err)
+	}
+	return true, nil
+}
+
 // Dir is the repo's directory.
 func (r *Repo) Dir() string { return r.dir }
 
@@ -106,8 +119,39 @@ func (r *Repo) create() error {
 	if err := r.writeFile(readmeFile, []byte(readme)); err != nil {
 		return err
 	}
+	if err := r.ensureIgnore(); err != nil {
+		return err
+	}
 	_, err = r.commitAll("castellan: create the state repo", nil)
 	return err
+}
+
+// gitignore keeps everything but castellan's own paths out of the repo, so a
+// stray file in the directory (an identity, a kubeconfig, an editor backup)
+// is never committed or pushed.
+const gitignore = `# castellan commits only its own paths.
+/*
+!/.gitignore
+!/README.md
+!/profile.yaml
+!/known_hosts
+!/recipients.txt
+!/rendered/
+!/runs/
+!/secrets/
+/runs/*
+!/runs/*.json
+/secrets/**
+!/secrets/**/
+!/secrets/**/*.age
+`
+
+func (r *Repo) ensureIgnore() error {
+	have, err := os.ReadFile(filepath.Join(r.dir, ignoreFile))
+	if err == nil && string(have) == gitignore {
+		return nil
+	}
+	return r.writeFile(ignoreFile, []byte(gitignore))
 }
 
 // Lock takes the repo's run lock, so that two applies never run on one
@@ -145,12 +189,53 @@ func (r *Repo) Unlock() {
 // written before the crash, for example) so that nothing is lost and the
 // history stays consistent. It reports whether there was anything.
 func (r *Repo) Recover() (bool, error) {
+	if err := r.ensureIgnore(); err != nil {
+		return false, err
+	}
 	clean, err := r.clean()
 	if err != nil || clean {
 		return false, err
 	}
-	_, err = r.commitAll("castellan: recover changes left by an interrupted run\n\nThe previous run stopped before it could commit; these files were in the worktree.", nil)
+	const note = "The previous run stopped before it could commit; these files were in the worktree."
+	// A run that wrote its record but failed to commit is committed as that
+	// run, so history has no gap.
+	if rec, err := r.uncommittedRecord(); err != nil {
+		return false, err
+	} else if rec != nil {
+		_, err = r.commitAll(commitMessage(rec)+"Castellan-Recovered: true\n", rec)
+		return err == nil, err
+	}
+	_, err = r.commitAll("castellan: recover changes left by an interrupted run\n\n"+note+"\n", nil)
 	return err == nil, err
+}
+
+// uncommittedRecord returns the newest run record in the worktree that HEAD
+// does not have, or nil.
+func (r *Repo) uncommittedRecord() (*Record, error) {
+	n, err := r.NextRunNumber()
+	if err != nil || n == 1 {
+		return nil, err
+	}
+	head, err := r.git.Head()
+	if err != nil {
+		return nil, fmt.Errorf("state repo HEAD: %w", err)
+	}
+	c, err := r.git.CommitObject(head.Hash())
+	if err != nil {
+		return nil, fmt.Errorf("state repo HEAD: %w", err)
+	}
+	if _, err := c.File(filepath.ToSlash(recordPath(n - 1))); err == nil {
+		return nil, nil // committed
+	}
+	data, err := os.ReadFile(filepath.Join(r.dir, recordPath(n-1)))
+	if err != nil {
+		return nil, fmt.Errorf("reading run record %d: %w", n-1, err)
+	}
+	var rec Record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, nil // a torn write: recover the files without claiming a run
+	}
+	return &rec, nil
 }
 
 func (r *Repo) clean() (bool, error) {
@@ -234,8 +319,10 @@ func (r *Repo) Put(name string, value []byte) error {
 	return r.writeFile(rel, cipher)
 }
 
-// rekey re-encrypts every secret when the recipients changed.
-func (r *Repo) rekey() error {
+// Rekey re-encrypts every secret when the recipients changed. Apply calls
+// it before any node is touched, so a secret that cannot be re-encrypted
+// stops the run early instead of failing its commit.
+func (r *Repo) Rekey() error {
 	if r.keys == nil {
 		return nil
 	}
@@ -295,17 +382,19 @@ type Snapshot struct {
 	Profile []byte
 	// KnownHosts replaces known_hosts when not nil.
 	KnownHosts []byte
-	// Rendered maps NODE/PHASE/FILE to content. The subtrees of the phases in
-	// Phases are replaced as a whole, so files a phase no longer renders go.
+	// Rendered maps NODE/PHASE/FILE to content. For each phase that rendered
+	// anything, its subtrees of the run's Nodes (and of "cluster") are
+	// replaced as a whole, so files a phase no longer renders go; other
+	// nodes' and phases' files stay as they were.
 	Rendered map[string][]byte
-	Phases   []string
+	Nodes    []string
 }
 
 // Commit records one run as one commit: failed and interrupted runs too, so
 // the history is complete.
 func (r *Repo) Commit(s Snapshot) (plumbing.Hash, error) {
 	rec := s.Record
-	if err := r.rekey(); err != nil {
+	if err := r.Rekey(); err != nil {
 		return plumbing.ZeroHash, err
 	}
 	if err := r.writeFile(ProfileFile, s.Profile); err != nil {
@@ -316,7 +405,7 @@ func (r *Repo) Commit(s Snapshot) (plumbing.Hash, error) {
 			return plumbing.ZeroHash, err
 		}
 	}
-	if err := r.replaceRendered(s.Phases, s.Rendered); err != nil {
+	if err := r.replaceRendered(s.Nodes, s.Rendered); err != nil {
 		return plumbing.ZeroHash, err
 	}
 	data, err := json.MarshalIndent(rec, "", "  ")
@@ -331,25 +420,25 @@ func (r *Repo) Commit(s Snapshot) (plumbing.Hash, error) {
 
 func recordPath(n int) string { return filepath.Join(runsDir, fmt.Sprintf("%06d.json", n)) }
 
-func (r *Repo) replaceRendered(phases []string, files map[string][]byte) error {
+func (r *Repo) replaceRendered(nodes []string, files map[string][]byte) error {
 	root := filepath.Join(r.dir, RenderedDir)
-	nodes, err := os.ReadDir(root)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("state repo: %w", err)
+	phases := map[string]bool{}
+	for p := range files {
+		parts := strings.SplitN(filepath.ToSlash(filepath.Clean(filepath.FromSlash(p))), "/", 3)
+		if len(parts) < 3 || parts[0] == ".." || filepath.IsAbs(p) {
+			return fmt.Errorf("state repo: rendered path %q is not NODE/PHASE/FILE inside rendered/", p)
+		}
+		phases[parts[1]] = true
 	}
-	for _, n := range nodes {
-		for _, ph := range phases {
-			if err := os.RemoveAll(filepath.Join(root, n.Name(), ph)); err != nil {
+	for _, n := range append(slices.Clone(nodes), "cluster") {
+		for ph := range phases {
+			if err := os.RemoveAll(filepath.Join(root, n, ph)); err != nil {
 				return fmt.Errorf("state repo: %w", err)
 			}
 		}
 	}
 	for p, content := range files {
-		clean := filepath.Clean(filepath.FromSlash(p))
-		if filepath.IsAbs(clean) || strings.HasPrefix(clean, "..") {
-			return fmt.Errorf("state repo: rendered path %q escapes rendered/", p)
-		}
-		if err := r.writeFile(filepath.Join(RenderedDir, clean), content); err != nil {
+		if err := r.writeFile(filepath.Join(RenderedDir, filepath.Clean(filepath.FromSlash(p))), content); err != nil {
 			return err
 		}
 	}
@@ -402,8 +491,23 @@ func (r *Repo) commitAll(msg string, rec *Record) (plumbing.Hash, error) {
 	if err != nil {
 		return plumbing.ZeroHash, fmt.Errorf("state repo worktree: %w", err)
 	}
-	if err := wt.AddWithOptions(&git.AddOptions{All: true}); err != nil {
-		return plumbing.ZeroHash, fmt.Errorf("staging state: %w", err)
+	st, err := wt.Status()
+	if err != nil {
+		return plumbing.ZeroHash, fmt.Errorf("state repo status: %w", err)
+	}
+	// Stage castellan's own paths only, whatever else lies in the directory.
+	for path, fs := range st {
+		if !managed(path) {
+			continue
+		}
+		if fs.Worktree == git.Deleted {
+			_, err = wt.Remove(path)
+		} else {
+			_, err = wt.Add(path)
+		}
+		if err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("staging %s: %w", path, err)
+		}
 	}
 	sig := signature()
 	if rec != nil {
@@ -414,6 +518,24 @@ func (r *Repo) commitAll(msg string, rec *Record) (plumbing.Hash, error) {
 		return plumbing.ZeroHash, fmt.Errorf("committing state: %w", err)
 	}
 	return h, nil
+}
+
+// managed reports whether a path (slash-separated, relative to the repo) is
+// one castellan commits; .gitignore says the same for people using git.
+func managed(p string) bool {
+	switch p {
+	case ignoreFile, readmeFile, ProfileFile, KnownHostsFile, recipientsFile:
+		return true
+	}
+	switch {
+	case strings.HasPrefix(p, RenderedDir+"/"):
+		return true
+	case strings.HasPrefix(p, runsDir+"/"):
+		return strings.HasSuffix(p, ".json")
+	case strings.HasPrefix(p, secretsDir+"/"):
+		return strings.HasSuffix(p, ".age")
+	}
+	return false
 }
 
 // Who names the person running castellan: git's user.name/email when set

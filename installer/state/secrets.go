@@ -45,8 +45,9 @@ type Keys struct {
 // LoadKeys builds the keys for a profile's recipients. identityFile is the
 // age identity file to decrypt with ("" for $CASTELLAN_AGE_IDENTITY or the
 // default path). With no recipients in the profile, the identity file's own
-// recipient is used, and the file is created (with a notice) if missing.
-func LoadKeys(recipients []string, identityFile string) (*Keys, error) {
+// recipient is used, and when create is set the file is created (with a
+// notice) if missing; without create, a missing identity is an error.
+func LoadKeys(recipients []string, identityFile string, create bool) (*Keys, error) {
 	k := &Keys{}
 	if identityFile == "" {
 		identityFile = os.Getenv(IdentityEnv)
@@ -60,6 +61,8 @@ func LoadKeys(recipients []string, identityFile string) (*Keys, error) {
 	}
 	ids, err := readIdentities(identityFile)
 	switch {
+	case errors.Is(err, os.ErrNotExist) && len(recipients) == 0 && !create:
+		return nil, fmt.Errorf("no age identity at %s: the state repo's secrets cannot be read; set %s to the identity that encrypted them", identityFile, IdentityEnv)
 	case errors.Is(err, os.ErrNotExist) && len(recipients) == 0:
 		id, cerr := createIdentity(identityFile)
 		if cerr != nil {

@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -19,7 +20,7 @@ import (
 
 func testKeys(t *testing.T) *Keys {
 	t.Helper()
-	k, err := LoadKeys(nil, filepath.Join(t.TempDir(), "identity.txt"))
+	k, err := LoadKeys(nil, filepath.Join(t.TempDir(), "identity.txt"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,6 +31,10 @@ func testKeys(t *testing.T) *Keys {
 }
 
 func commitRun(t *testing.T, r *Repo, profile string, outcome engine.Outcome, rendered map[string][]byte, phases ...string) *Record {
+	return commitRunOn(t, r, []string{"n1"}, profile, outcome, rendered, phases...)
+}
+
+func commitRunOn(t *testing.T, r *Repo, nodes []string, profile string, outcome engine.Outcome, rendered map[string][]byte, phases ...string) *Record {
 	t.Helper()
 	n, err := r.NextRunNumber()
 	if err != nil {
@@ -37,11 +42,11 @@ func commitRun(t *testing.T, r *Repo, profile string, outcome engine.Outcome, re
 	}
 	now := time.Date(2026, 11, 23, 12, 0, n, 0, time.UTC)
 	rec := &Record{Number: n, Command: "apply", Who: "tester", Version: "test", Started: now, Finished: now.Add(time.Second),
-		Nodes: []string{"n1"}, Outcome: outcome}
+		Nodes: nodes, Outcome: outcome}
 	for _, p := range phases {
 		rec.Phases = append(rec.Phases, engine.PhaseResult{Name: p, Outcome: engine.OutcomeOK})
 	}
-	if _, err := r.Commit(Snapshot{Record: rec, Profile: []byte(profile), Rendered: rendered, Phases: phases}); err != nil {
+	if _, err := r.Commit(Snapshot{Record: rec, Profile: []byte(profile), Rendered: rendered, Nodes: nodes}); err != nil {
 		t.Fatal(err)
 	}
 	return rec
@@ -134,7 +139,7 @@ func TestSecretsNeverInPlaintext(t *testing.T) {
 	}
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, nil, "preflight")
 	// Re-encrypting to a new recipient set, and a second run.
-	keys2, err := LoadKeys([]string{keys.RecipientStrings[0], mustRecipient(t)}, "")
+	keys2, err := LoadKeys([]string{keys.RecipientStrings[0], mustRecipient(t)}, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +196,7 @@ func TestSecretsNeverInPlaintext(t *testing.T) {
 
 func mustRecipient(t *testing.T) string {
 	t.Helper()
-	k, err := LoadKeys(nil, filepath.Join(t.TempDir(), "other.txt"))
+	k, err := LoadKeys(nil, filepath.Join(t.TempDir(), "other.txt"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,5 +309,93 @@ func TestRecoverCommitsLeftovers(t *testing.T) {
 	}
 	if did, _ := r2.Recover(); did {
 		t.Error("Recover on a clean repo committed")
+	}
+}
+
+// TestRenderedFilesOfOtherNodesStay: a run on some nodes replaces only those
+// nodes' files of the phases it rendered.
+func TestRenderedFilesOfOtherNodesStay(t *testing.T) {
+	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitRunOn(t, r, []string{"a", "b"}, "p\n", engine.OutcomeOK, map[string][]byte{
+		"a/mesh/wg.conf": []byte("a1"), "a/mesh/old.conf": []byte("gone soon"),
+		"b/mesh/wg.conf": []byte("b1"), "cluster/mesh/peers": []byte("c1"), "a/rke2/config": []byte("r1"),
+	})
+	commitRunOn(t, r, []string{"a"}, "p\n", engine.OutcomeOK, map[string][]byte{"a/mesh/wg.conf": []byte("a2"), "cluster/mesh/peers": []byte("c2")})
+	want := map[string]string{
+		"rendered/a/mesh/wg.conf": "a2", "rendered/b/mesh/wg.conf": "b1", "rendered/cluster/mesh/peers": "c2", "rendered/a/rke2/config": "r1",
+	}
+	for f, v := range want {
+		if got, err := r.FileAt("2", f); err != nil || string(got) != v {
+			t.Errorf("%s at run 2 = %q, %v; want %q", f, got, err, v)
+		}
+	}
+	if _, err := r.FileAt("2", "rendered/a/mesh/old.conf"); err == nil {
+		t.Error("a file node a's mesh no longer renders is still there")
+	}
+	if _, err := r.Commit(Snapshot{Record: &Record{Number: 3}, Rendered: map[string][]byte{"../escape": nil}}); err == nil {
+		t.Error("a rendered path outside rendered/ was accepted")
+	}
+}
+
+// TestOnlyManagedPathsAreCommitted: a stray file beside the state (a
+// plaintext key, a backup) is never committed.
+func TestOnlyManagedPathsAreCommitted(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	r, err := Open(dir, testKeys(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"kubeconfig", "profile.yaml~", "secrets/plain.txt", "rendered/a/mesh/x"} {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o700)
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("stray"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Put("ok/token", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	commitRun(t, r, "p\n", engine.OutcomeOK, nil)
+	files := gitCLI(t, dir, "ls-files")
+	for _, stray := range []string{"kubeconfig", "profile.yaml~", "secrets/plain.txt"} {
+		if strings.Contains(files, stray) {
+			t.Errorf("%s was committed:\n%s", stray, files)
+		}
+	}
+	for _, managed := range []string{"secrets/ok/token.age", "rendered/a/mesh/x", "profile.yaml", "runs/000001.json", ".gitignore"} {
+		if !strings.Contains(files, managed) {
+			t.Errorf("%s was not committed:\n%s", managed, files)
+		}
+	}
+}
+
+// TestRecoverCommitsALeftoverRunAsThatRun: a run whose commit failed is
+// committed by the next Recover under its own number, so history has no gap.
+func TestRecoverCommitsALeftoverRunAsThatRun(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	r, err := Open(dir, testKeys(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitRun(t, r, "p\n", engine.OutcomeOK, nil)
+	rec := &Record{Number: 2, Command: "apply", Outcome: engine.OutcomeFailed, Error: "boom", Nodes: []string{"n1"}}
+	data, _ := json.Marshal(rec)
+	if err := r.writeFile(recordPath(2), data); err != nil {
+		t.Fatal(err)
+	}
+	if did, err := r.Recover(); err != nil || !did {
+		t.Fatalf("Recover = %v, %v", did, err)
+	}
+	hist, err := r.History()
+	if err != nil || len(hist) != 2 || hist[0].Record.Number != 2 || hist[0].Record.Error != "boom" {
+		t.Fatalf("history after recovery = %+v, %v", hist, err)
+	}
+	if tr := gitCLI(t, dir, "log", "-1", "--format=%(trailers:key=Castellan-Recovered,valueonly)"); strings.TrimSpace(tr) != "true" {
+		t.Errorf("recovered trailer = %q", tr)
+	}
+	if n, _ := r.NextRunNumber(); n != 3 {
+		t.Errorf("next run = %d", n)
 	}
 }
