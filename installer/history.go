@@ -29,15 +29,14 @@ func StateDir(o Options, stateFlag string) (string, error) {
 }
 
 func openExisting(dir string) (*state.Repo, error) {
-	if ok, _ := isGitDir(dir); !ok {
+	ok, err := state.Exists(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
 		return nil, inputErr(fmt.Errorf("%s is not a castellan state repo (no runs yet?)", dir))
 	}
 	return state.Open(dir, nil)
-}
-
-func isGitDir(dir string) (bool, error) {
-	m, err := filepath.Glob(filepath.Join(dir, ".git", "HEAD"))
-	return len(m) == 1, err
 }
 
 // History lists the runs in the state repo at dir, newest first.

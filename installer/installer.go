@@ -64,6 +64,9 @@ var ErrAborted = errors.New("aborted: nothing was changed")
 type Options struct {
 	// ProfilePath is the profile file (-f).
 	ProfilePath string
+	// Profile, when set, is the profile already loaded from ProfilePath
+	// (so that what the caller showed is what runs).
+	Profile *profile.Profile
 	// Only and Nodes restrict the run to some phases and nodes.
 	Only  []string
 	Nodes []string
@@ -99,8 +102,11 @@ func (o *Options) notice(format string, a ...any) {
 	}
 }
 
-// Load reads and validates the profile.
+// Load reads and validates the profile (or returns Options.Profile).
 func Load(o Options) (*profile.Profile, error) {
+	if o.Profile != nil {
+		return o.Profile, nil
+	}
 	if o.ProfilePath == "" {
 		return nil, inputErr(errors.New("no profile: give one with -f PROFILE (castellan profile init writes a starter)"))
 	}
@@ -115,11 +121,12 @@ type Result struct {
 	StateDir string
 }
 
-// session is what one command holds open: profile, state repo, connections.
+// session is what one command holds open: profile, connections, and (for
+// apply) the state repo.
 type session struct {
 	o       Options
 	p       *profile.Profile
-	repo    *state.Repo
+	repo    *state.Repo // nil until openState
 	pool    *ssh.Pool
 	access  *nodeAccess
 	targets []profile.Node
@@ -127,7 +134,9 @@ type session struct {
 	eng     *engine.Engine
 }
 
-func open(o Options, p *profile.Profile, locked bool) (*session, error) {
+// open checks the run's targets and phases and prepares the connections. It
+// writes nothing anywhere.
+func open(o Options, p *profile.Profile) (*session, error) {
 	s := &session{o: o, p: p}
 	targets, err := selectNodes(p, o.Nodes)
 	if err != nil {
@@ -138,30 +147,7 @@ func open(o Options, p *profile.Profile, locked bool) (*session, error) {
 	if s.phases, err = s.eng.Select(o.Only); err != nil {
 		return nil, inputErr(err)
 	}
-	keys, err := state.LoadKeys(p.Spec.State.Recipients, o.IdentityFile)
-	if err != nil {
-		return nil, fmt.Errorf("state repo keys: %w", err)
-	}
-	for _, n := range keys.Notices {
-		o.notice("warning: %s", n)
-	}
-	if s.repo, err = state.Open(p.Resolve(p.Spec.State.Repo), keys); err != nil {
-		return nil, err
-	}
-	if locked {
-		if err := s.repo.Lock(); err != nil {
-			return nil, err
-		}
-		if did, err := s.repo.Recover(); err != nil {
-			s.repo.Unlock()
-			return nil, err
-		} else if did {
-			o.notice("note: committed files an interrupted run had left in %s", s.repo.Dir())
-		}
-	}
-	cfg := sshConfig(p, o)
-	if s.pool, err = ssh.NewPool(cfg); err != nil {
-		s.close()
+	if s.pool, err = ssh.NewPool(sshConfig(p, o)); err != nil {
 		return nil, inputErr(fmt.Errorf("ssh: %w", err))
 	}
 	s.access = &nodeAccess{pool: s.pool, hosts: map[string]ssh.Host{}, bins: newBinaries(o.AgentBinaries), probes: map[string]agent.Status{}}
@@ -169,6 +155,71 @@ func open(o Options, p *profile.Profile, locked bool) (*session, error) {
 		s.access.hosts[n.Name] = ssh.Host{Name: n.Name, Address: n.Address, Port: n.Port}
 	}
 	return s, nil
+}
+
+func (s *session) stateDir() string { return s.p.Resolve(s.p.Spec.State.Repo) }
+
+// openState opens the state repo for a run: created (with the local age
+// identity, if the profile names no recipients) when missing, locked,
+// leftovers of an interrupted run committed, secrets re-encrypted if the
+// recipients changed. All of that happens before any node is touched.
+func (s *session) openState() error {
+	keys, err := state.LoadKeys(s.p.Spec.State.Recipients, s.o.IdentityFile, true)
+	if err != nil {
+		return fmt.Errorf("state repo keys: %w", err)
+	}
+	for _, n := range keys.Notices {
+		s.o.notice("warning: %s", n)
+	}
+	repo, err := state.Open(s.stateDir(), keys)
+	if err != nil {
+		return err
+	}
+	if err := repo.Lock(); err != nil {
+		return err
+	}
+	s.repo = repo
+	if did, err := repo.Recover(); err != nil {
+		return err
+	} else if did {
+		s.o.notice("note: committed what an interrupted run had left in %s", repo.Dir())
+	}
+	return repo.Rekey()
+}
+
+// readState opens an existing state repo read-only, for planning; nil when
+// there is none yet (or its secrets cannot be read here: planning reads no
+// secret today, so that is a note, not an error).
+func (s *session) readState() *state.Repo {
+	ok, err := state.Exists(s.stateDir())
+	if err != nil || !ok {
+		return nil
+	}
+	keys, err := state.LoadKeys(s.p.Spec.State.Recipients, s.o.IdentityFile, false)
+	if err != nil {
+		s.o.notice("note: %v", err)
+		keys = nil
+	}
+	repo, err := state.Open(s.stateDir(), keys)
+	if err != nil {
+		s.o.notice("note: %v", err)
+		return nil
+	}
+	return repo
+}
+
+// planSecrets lets a plan read secrets but never store one.
+type planSecrets struct{ repo *state.Repo }
+
+func (p planSecrets) Get(name string) ([]byte, bool, error) {
+	if p.repo == nil {
+		return nil, false, nil
+	}
+	return p.repo.Get(name)
+}
+
+func (planSecrets) Put(name string, _ []byte) error {
+	return fmt.Errorf("storing secret %s: a plan stores nothing", name)
 }
 
 func (s *session) close() {
@@ -227,22 +278,24 @@ func selectNodes(p *profile.Profile, names []string) ([]profile.Node, error) {
 	return out, nil
 }
 
-func (s *session) newRun(id string) *engine.Run {
-	return engine.NewRun(engine.RunConfig{ID: id, Profile: s.p, Nodes: s.targets, Access: s.access, Secrets: s.repo})
+func (s *session) newRun(id string, secrets engine.Secrets) *engine.Run {
+	return engine.NewRun(engine.RunConfig{ID: id, Profile: s.p, Nodes: s.targets, Access: s.access, Secrets: secrets})
 }
 
-// Plan shows what apply would change, touching no node.
+// Plan shows what apply would change. It changes nothing: not the nodes, not
+// the state repo, not known_hosts (new host keys are never accepted here).
 func Plan(ctx context.Context, o Options) ([]engine.Plan, error) {
+	o.AcceptNewHostKeys = false
 	p, err := Load(o)
 	if err != nil {
 		return nil, err
 	}
-	s, err := open(o, p, false)
+	s, err := open(o, p)
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
-	return s.eng.PlanAll(ctx, s.newRun("plan"), s.phases)
+	return s.eng.PlanAll(ctx, s.newRun("plan", planSecrets{s.readState()}), s.phases)
 }
 
 // Apply runs the profile's phases against its nodes and commits the run.
@@ -257,18 +310,26 @@ func Apply(ctx, interrupt context.Context, o Options) (*Result, error) {
 }
 
 func apply(ctx, interrupt context.Context, o Options, p *profile.Profile, command string, rollbackOf int) (*Result, error) {
-	s, err := open(o, p, true)
+	s, err := open(o, p)
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
-	number, err := s.repo.NextRunNumber()
+	// With an existing state repo, take its lock before planning, so the
+	// plan a person confirms is not raced by another apply. A first run
+	// creates the repo only once the plan is confirmed.
+	exists, err := state.Exists(s.stateDir())
 	if err != nil {
 		return nil, err
 	}
-	run := s.newRun(fmt.Sprint(number))
+	if exists {
+		if err := s.openState(); err != nil {
+			return nil, err
+		}
+	}
+	var confirmed []engine.Plan
 	if o.Confirm != nil {
-		plans, err := s.eng.PlanAll(ctx, s.newRun(fmt.Sprint(number)), s.phases)
+		plans, err := s.eng.PlanAll(ctx, s.newRun("plan", planSecrets{s.repo}), s.phases)
 		if err != nil {
 			return nil, fmt.Errorf("planning: %w", err)
 		}
@@ -279,7 +340,18 @@ func apply(ctx, interrupt context.Context, o Options, p *profile.Profile, comman
 		if !ok {
 			return nil, ErrAborted
 		}
+		confirmed = plans
 	}
+	if s.repo == nil {
+		if err := s.openState(); err != nil {
+			return nil, err
+		}
+	}
+	number, err := s.repo.NextRunNumber()
+	if err != nil {
+		return nil, err
+	}
+	run := s.newRun(fmt.Sprint(number), s.repo)
 	rec := &state.Record{
 		Number: number, Command: command, RollbackOf: rollbackOf,
 		Who: state.Who(), Version: buildinfo.Version(), Started: time.Now().UTC(),
@@ -290,7 +362,7 @@ func apply(ctx, interrupt context.Context, o Options, p *profile.Profile, comman
 	if p.Spec.Identity.TPM == profile.TPMInsecureSkip {
 		rec.Warnings = append(rec.Warnings, "spec.identity.tpm is insecure-skip: nodes without a TPM are accepted and their identities are not bound to hardware")
 	}
-	res := s.eng.Apply(ctx, interrupt, run, s.phases)
+	res := s.eng.Apply(ctx, interrupt, run, s.phases, confirmed)
 	rec.Finished = time.Now().UTC()
 	rec.Duration = rec.Finished.Sub(rec.Started)
 	rec.Outcome, rec.Error, rec.Phases = res.Outcome, res.Error, res.Phases
@@ -298,19 +370,9 @@ func apply(ctx, interrupt context.Context, o Options, p *profile.Profile, comman
 	for _, k := range s.pool.AcceptedHostKeys() {
 		rec.AcceptedHostKeys = append(rec.AcceptedHostKeys, fmt.Sprintf("%s (%s) %s %s", k.Host, k.Addr, k.KeyType, k.Fingerprint))
 	}
-	knownHosts, err := os.ReadFile(p.Resolve(p.Spec.SSH.KnownHosts))
+	hash, err := s.repo.Commit(state.Snapshot{Record: rec, Profile: p.Raw, KnownHosts: s.knownHosts(), Rendered: run.Rendered(), Nodes: rec.Nodes})
 	if err != nil {
-		knownHosts = nil // not created: no key was accepted
-	}
-	var ran []string
-	for _, ph := range res.Phases {
-		if ph.Outcome != engine.OutcomeSkipped {
-			ran = append(ran, ph.Name)
-		}
-	}
-	hash, err := s.repo.Commit(state.Snapshot{Record: rec, Profile: p.Raw, KnownHosts: knownHosts, Rendered: run.Rendered(), Phases: ran})
-	if err != nil {
-		return nil, fmt.Errorf("committing run %d to the state repo (the nodes were changed; rerun to record it): %w", number, err)
+		return nil, fmt.Errorf("committing run %d to the state repo (the next run commits what was written): %w", number, err)
 	}
 	out := &Result{Record: rec, Commit: hash.String()[:12], StateDir: s.repo.Dir()}
 	if r := p.Spec.State.Remote; r != nil {
@@ -326,6 +388,24 @@ func apply(ctx, interrupt context.Context, o Options, p *profile.Profile, comman
 		return out, fmt.Errorf("run %d %s: %s", number, rec.Outcome, rec.Error)
 	}
 	return out, nil
+}
+
+// knownHosts is what the run trusted: the known_hosts lines of the profile's
+// nodes and bastion, not every host the file may hold (it may be the user's
+// own ~/.ssh/known_hosts). nil leaves the committed file as it was.
+func (s *session) knownHosts() []byte {
+	data, err := os.ReadFile(s.p.Resolve(s.p.Spec.SSH.KnownHosts))
+	if err != nil {
+		return nil
+	}
+	var hosts []ssh.Host
+	for _, h := range s.access.hosts {
+		hosts = append(hosts, h)
+	}
+	if b := s.p.Spec.SSH.Bastion; b != nil {
+		hosts = append(hosts, ssh.Host{Address: b.Address, Port: b.Port})
+	}
+	return ssh.SelectKnownHosts(data, hosts)
 }
 
 func sha256hex(b []byte) string {

@@ -358,3 +358,46 @@ func TestRollback(t *testing.T) {
 		t.Errorf("rollback to run 42: %v", err)
 	}
 }
+
+// TestPlanChangesNothing: neither plan nor a declined apply creates the state
+// repo or the age identity, touches known_hosts, or installs the agent.
+func TestPlanChangesNothing(t *testing.T) {
+	lab := sshtest.New(t, sshtest.Options{Nodes: 1, PrivateDirs: []string{agent.BinDir}})
+	prof := testCluster(t, lab, "", "")
+	p, err := Load(Options{ProfilePath: prof})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kh := p.Resolve(p.Spec.SSH.KnownHosts)
+	before, _ := os.ReadFile(kh)
+
+	plans, err := Plan(context.Background(), testOptions(t, lab, prof, &engine.Recorder{}))
+	if err != nil || len(plans) != 1 || len(plans[0].Changes) != 1 || !strings.Contains(plans[0].Changes[0].Summary, "install the castellan agent") {
+		t.Fatalf("plan = %+v, %v", plans, err)
+	}
+	o := testOptions(t, lab, prof, &engine.Recorder{})
+	var shown []engine.Plan
+	o.Confirm = func(p []engine.Plan) (bool, error) { shown = p; return false, nil }
+	if _, err := Apply(context.Background(), context.Background(), o); !errors.Is(err, ErrAborted) || len(shown) != 1 {
+		t.Fatalf("declined apply: %v (shown %v)", err, shown)
+	}
+	if _, err := os.Stat(p.Resolve(p.Spec.State.Repo)); !os.IsNotExist(err) {
+		t.Errorf("the state repo exists after plan and a declined apply: %v", err)
+	}
+	if _, err := os.Stat(os.Getenv(state.IdentityEnv)); !os.IsNotExist(err) {
+		t.Errorf("the age identity was created: %v", err)
+	}
+	if after, _ := os.ReadFile(kh); string(after) != string(before) {
+		t.Error("known_hosts changed")
+	}
+	// Look from inside the node (its own mount namespace holds its agent dir).
+	c, err := castssh.Connect(context.Background(), lab.Config(), lab.Nodes[0].Host())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	out, err := c.Output(context.Background(), castssh.Cmd{Argv: []string{"ls", "-A", agent.BinDir}})
+	if err != nil || out != "" {
+		t.Errorf("the node's agent directory is not empty: %q %v", out, err)
+	}
+}

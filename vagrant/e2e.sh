@@ -12,12 +12,30 @@ export CASTELLAN_LAB_DIR=${CASTELLAN_LAB_DIR:-$cache/lab}
 
 [[ -x $top/bin/castellan ]] || { echo "e2e: bin/castellan is missing: run make build" >&2; exit 1; }
 keep=${CASTELLAN_E2E_KEEP_LAB:-0}
+# left_behind prints what of the lab still exists after `lab.sh down`.
+left_behind() {
+	ip netns list | awk '{print $1}' | grep -x castellan-lab | sed 's/^/namespace /' || true
+	pgrep -a -f 'qemu-system|libvirtd|virtlogd|swtpm|dnsmasq.*libvirt' | sed 's/^/process /' || true
+	[[ -e /run/castellan-lab ]] && echo "directory /run/castellan-lab"
+	ip -o link show | awk -F': ' '$2 ~ /^(virbr|vnet)/ {print "link " $2}'
+	true
+}
+
 cleanup() {
 	local rc=$?
 	if [[ $keep == 1 ]]; then
 		echo "e2e: leaving the lab up (CASTELLAN_E2E_KEEP_LAB=1)"
 	else
 		"$here/lab.sh" down || rc=1
+		local left
+		left=$(left_behind)
+		if [[ -n $left ]]; then
+			echo "e2e: FAIL: lab down left this behind:" >&2
+			echo "$left" >&2
+			rc=1
+		else
+			echo "e2e: lab down left nothing behind (namespace, qemu/libvirt/swtpm/dnsmasq processes, links)"
+		fi
 	fi
 	exit "$rc"
 }

@@ -42,14 +42,21 @@ type usageError struct{ error }
 // errAlreadyReported means the failure was printed already (exit code 1).
 var errAlreadyReported = errors.New("failed")
 
+// isCobraUsage recognises the two usage errors cobra makes that pass through
+// no hook of ours (flag and argument errors are wrapped in usageError).
 func isCobraUsage(err error) bool {
 	msg := err.Error()
-	for _, p := range []string{"unknown flag", "unknown shorthand", "unknown command", "accepts ", "requires at least", "flag needs an argument", "invalid argument", "required flag"} {
-		if strings.Contains(msg, p) {
-			return true
+	return strings.HasPrefix(msg, "unknown command ") || strings.HasPrefix(msg, "required flag(s) ")
+}
+
+// args wraps a cobra argument check so that its errors are usage errors.
+func args(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, a []string) error {
+		if err := check(cmd, a); err != nil {
+			return usageError{err}
 		}
+		return nil
 	}
-	return false
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -73,6 +80,7 @@ Then:        castellan validate -f cluster.yaml
 			return cmd.Help()
 		},
 	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn, error")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
 		var lvl slog.Level
@@ -108,8 +116,14 @@ func (a *app) profileFlag(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&a.profile, "file", "f", "", "the cluster profile (YAML)")
 }
 
+// connectFlags are the flags of commands that change nodes.
 func (a *app) connectFlags(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&a.acceptNewKeys, "accept-new-host-keys", false, "record host keys of nodes known_hosts does not know yet (never changed ones); they are committed to the state repo")
+	a.agentFlags(cmd)
+}
+
+// agentFlags are the flags of every command that talks to nodes (plan too).
+func (a *app) agentFlags(cmd *cobra.Command) {
 	cmd.Flags().StringArrayVar(&a.agentBinaries, "agent-binary", nil, "castellan binary to ship to nodes of another architecture (repeatable)")
 	cmd.Flags().StringVar(&a.identityFile, "identity", "", "age identity file for the state repo's secrets (default $CASTELLAN_AGE_IDENTITY or ~/.config/castellan/age-identity.txt)")
 }
@@ -150,7 +164,7 @@ phase. A phase with nothing to change is skipped, so a rerun of an applied
 profile changes nothing. Every run, failed ones too, is one commit in the
 state repo. Without --yes, apply shows the plan and asks first (in a terminal).
 Ctrl-C stops between steps; a second Ctrl-C aborts the running ones.`,
-		Args: cobra.NoArgs,
+		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {
@@ -165,7 +179,7 @@ Ctrl-C stops between steps; a second Ctrl-C aborts the running ones.`,
 			}
 			printer := report.NewPrinter(a.stdout, format, nodeNames(p.Spec.Nodes, nodes))
 			o := a.options(printer)
-			o.Only, o.Nodes = only, nodes
+			o.Profile, o.Only, o.Nodes = p, only, nodes
 			if !yes {
 				o.Confirm = a.confirm
 			}

@@ -39,13 +39,11 @@ func TestExitCodesAndMessages(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("apiVersion: castellan/v1alpha1\nkind: Cluster\nmetadata: {name: c}\nspec:\n  ssh: {user: admin}\n  nodes: []\n  colour: blue\n"), 0o600)
 	tests := []struct {
-		name       string
-		args       []string
-		code       int
-		stdout     string
-		stderr     string
-		noStdout   bool
-		stateAfter bool
+		name   string
+		args   []string
+		code   int
+		stdout string
+		stderr string
 	}{
 		{name: "version", args: []string{"version"}, code: 0, stdout: "castellan "},
 		{name: "validate ok", args: []string{"validate", "-f", valid}, code: 0, stdout: "valid: cluster c, 1 node(s) (1 server(s), 0 agent(s))"},
@@ -57,6 +55,7 @@ func TestExitCodesAndMessages(t *testing.T) {
 		{name: "apply unknown node", args: []string{"apply", "-f", valid, "--yes", "--nodes", "s9"}, code: 2, stderr: `unknown node "s9"; the profile's nodes are: s1`},
 		{name: "apply bad output", args: []string{"apply", "-f", valid, "--yes", "-o", "yaml"}, code: 2, stderr: `unknown output format "yaml"`},
 		{name: "bad log level", args: []string{"version", "--log-level", "loud"}, code: 2, stderr: `--log-level "loud": use debug, info, warn or error`},
+		{name: "plan does not accept new host keys", args: []string{"plan", "-f", valid, "--accept-new-host-keys"}, code: 2, stderr: "unknown flag: --accept-new-host-keys"},
 		{name: "unknown command", args: []string{"deploy"}, code: 2, stderr: `unknown command "deploy"`},
 		{name: "history without runs", args: []string{"history", "-f", valid}, code: 2, stderr: "is not a castellan state repo (no runs yet?)"},
 		{name: "diff needs a revision", args: []string{"diff", "-f", valid}, code: 2, stderr: "accepts between 1 and 2 arg(s)"},

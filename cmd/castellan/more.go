@@ -24,17 +24,14 @@ func (a *app) planCommand() *cobra.Command {
 changes nothing on any node. On nodes the castellan agent has not reached
 yet, the preflight phase plans to install it, and phases that need the
 node's facts say so.`,
-		Args: cobra.NoArgs,
+		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {
 				return err
 			}
-			var sink = report.NewPrinter(a.stderr, report.Text, nil)
-			if format == report.JSON {
-				sink = report.NewPrinter(a.stderr, report.JSON, nil)
-			}
-			o := a.options(sink)
+			// Events go to stderr: stdout holds the plan itself.
+			o := a.options(report.NewPrinter(a.stderr, format, nil))
 			o.Only, o.Nodes = only, nodes
 			plans, err := installer.Plan(a.ctx, o)
 			if format == report.JSON {
@@ -54,7 +51,7 @@ node's facts say so.`,
 		},
 	}
 	a.profileFlag(cmd)
-	a.connectFlags(cmd)
+	a.agentFlags(cmd)
 	cmd.Flags().StringVarP(&a.output, "output", "o", "text", "output: text, or json (one plan per line)")
 	cmd.Flags().StringSliceVar(&only, "only", nil, "plan only these phases")
 	cmd.Flags().StringSliceVar(&nodes, "nodes", nil, "plan only these nodes")
@@ -66,7 +63,7 @@ func (a *app) validateCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate -f PROFILE",
 		Short: "Check a profile without connecting to anything",
-		Args:  cobra.NoArgs,
+		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, err := installer.Load(a.options(nil))
 			if err != nil {
@@ -94,7 +91,7 @@ func (a *app) historyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "history (-f PROFILE | --state DIR)",
 		Short: "List the runs recorded in the state repo, newest first",
-		Args:  cobra.NoArgs,
+		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {
@@ -132,7 +129,7 @@ func (a *app) diffCommand() *cobra.Command {
 		Long: `diff shows the profile, known_hosts and rendered files that differ between two
 revisions: run numbers from castellan history, or git revisions of the state
 repo. Secrets are listed by name only.`,
-		Args: cobra.RangeArgs(1, 2),
+		Args: args(cobra.RangeArgs(1, 2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, err := installer.StateDir(a.options(nil), stateDir)
 			if err != nil {
@@ -167,7 +164,7 @@ func (a *app) rollbackCommand() *cobra.Command {
 		Long: `rollback takes the profile recorded by run REV and applies it as a new run,
 committed as a rollback; history is never rewritten. Key files and other
 relative paths resolve against the directory of -f PROFILE.`,
-		Args: cobra.NoArgs,
+		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {
@@ -181,6 +178,7 @@ relative paths resolve against the directory of -f PROFILE.`,
 				return err
 			}
 			o := a.options(report.NewPrinter(a.stdout, format, nodeNames(p.Spec.Nodes, nil)))
+			o.Profile = p
 			if !yes {
 				o.Confirm = a.confirm
 			}
@@ -205,7 +203,7 @@ func (a *app) profileCommand() *cobra.Command {
 	initCmd := &cobra.Command{
 		Use:   "init [-o FILE]",
 		Short: "Write a commented starter profile",
-		Args:  cobra.NoArgs,
+		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			data := assets.StarterProfile()
 			if out == "" || out == "-" {
@@ -244,7 +242,7 @@ func (a *app) versionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print castellan's version",
-		Args:  cobra.NoArgs,
+		Args:  args(cobra.NoArgs),
 		Run: func(cmd *cobra.Command, _ []string) {
 			fmt.Fprintf(a.stdout, "castellan %s\n", buildinfo.Version())
 		},
@@ -258,10 +256,11 @@ func (a *app) agentCommand() *cobra.Command {
 		Use:    "agent OP",
 		Short:  "Run a node-side operation (called by castellan over SSH)",
 		Hidden: true,
-		Args:   cobra.ExactArgs(1),
+		Args:   args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log := a.agentLogger()
-			return installer.AgentRegistry().Serve(a.ctx, args[0], a.stdin, a.stdout, log)
+			// The first SIGTERM (a timed-out or aborted command) ends the operation.
+			return installer.AgentRegistry().Serve(a.interrupt, args[0], a.stdin, a.stdout, log)
 		},
 	}
 }

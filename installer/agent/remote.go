@@ -120,7 +120,8 @@ func Install(ctx context.Context, c Runner, b Binary, progress func(done, total 
 	if err != nil {
 		return fmt.Errorf("uploading the agent: %w", err)
 	}
-	cleanup := `cd "$1" && ln -sfn "$2" castellan && for f in castellan-*; do [ "$f" = "$2" ] || rm -f -- "$f"; done`
+	// Older agents go, and so do temp files of uploads that were cut off.
+	cleanup := `cd "$1" && ln -sfn "$2" castellan && for f in castellan-* .castellan-*.tmp; do [ "$f" = "$2" ] || rm -f -- "$f"; done`
 	if _, err := c.Run(ctx, ssh.Cmd{Argv: []string{"sh", "-c", cleanup, "sh", BinDir, b.fileName()}, Sudo: true}); err != nil {
 		return fmt.Errorf("removing older agents: %w", err)
 	}

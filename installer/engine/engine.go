@@ -193,7 +193,13 @@ func planSummary(p Plan) string {
 // (earlier phases change what later ones observe) and applied only when its
 // plan is not empty. It stops at the first failed phase. interrupt, when it
 // is done, stops the run between steps; ctx cancels everything at once.
-func (e *Engine) Apply(ctx, interrupt context.Context, r *Run, phases []Phase) Result {
+//
+// confirmed are the plans a person approved (nil when nobody was asked). As
+// long as no phase of this run has changed anything, a phase's fresh plan
+// must be the confirmed one: otherwise the nodes changed while the prompt
+// waited, and the run stops before applying what nobody saw. Once an earlier
+// phase has applied, later plans may differ; they see what it did.
+func (e *Engine) Apply(ctx, interrupt context.Context, r *Run, phases []Phase, confirmed []Plan) Result {
 	r.init(e)
 	r.interrupt = interrupt
 	start := time.Now()
@@ -207,7 +213,16 @@ func (e *Engine) Apply(ctx, interrupt context.Context, r *Run, phases []Phase) R
 			res.Outcome, res.Error = OutcomeInterrupted, err.Error()
 			break
 		}
-		pr := e.applyPhase(ctx, r, p)
+		var expect *Plan
+		if confirmed != nil && res.Outcome == OutcomeUnchanged {
+			expect = &Plan{Phase: p.Name()}
+			for _, c := range confirmed {
+				if c.Phase == p.Name() {
+					expect = &c
+				}
+			}
+		}
+		pr := e.applyPhase(ctx, r, p, expect)
 		res.Phases = append(res.Phases, pr)
 		if pr.Outcome == OutcomeOK {
 			res.Outcome = OutcomeOK
@@ -232,7 +247,7 @@ func (e *Engine) Apply(ctx, interrupt context.Context, r *Run, phases []Phase) R
 	return res
 }
 
-func (e *Engine) applyPhase(ctx context.Context, r *Run, p Phase) (res PhaseResult) {
+func (e *Engine) applyPhase(ctx context.Context, r *Run, p Phase, expect *Plan) (res PhaseResult) {
 	name := p.Name()
 	pr := r.phaseRun(name)
 	start := time.Now()
@@ -248,7 +263,7 @@ func (e *Engine) applyPhase(ctx context.Context, r *Run, p Phase) (res PhaseResu
 	}()
 	fail := func(err error) PhaseResult {
 		res.Outcome, res.Error = OutcomeFailed, err.Error()
-		if errors.Is(err, ErrInterrupted) {
+		if interrupted(err) {
 			res.Outcome = OutcomeInterrupted
 		}
 		r.emit(Event{Phase: name, Status: StatusFailed, Message: err.Error(), Elapsed: time.Since(start)})
@@ -260,6 +275,9 @@ func (e *Engine) applyPhase(ctx context.Context, r *Run, p Phase) (res PhaseResu
 		return fail(fmt.Errorf("plan: %w", err))
 	}
 	plan.Phase = name
+	if expect != nil && !samePlan(*expect, plan) {
+		return fail(fmt.Errorf("the nodes changed since the plan was confirmed (it said %q, now %q); nothing of this phase was applied: review castellan plan and run again", planSummary(*expect), planSummary(plan)))
+	}
 	res.Changes = plan.Changes
 	for _, note := range plan.Notes {
 		r.emit(Event{Phase: name, Status: StatusInfo, Message: note})
@@ -281,6 +299,25 @@ func (e *Engine) applyPhase(ctx context.Context, r *Run, p Phase) (res PhaseResu
 	res.Outcome = OutcomeOK
 	r.emit(Event{Phase: name, Status: StatusDone, Message: planSummary(plan), Elapsed: time.Since(start)})
 	return res
+}
+
+// samePlan reports whether two plans make the same changes in the same order.
+func samePlan(a, b Plan) bool {
+	if len(a.Changes) != len(b.Changes) {
+		return false
+	}
+	for i := range a.Changes {
+		if a.Changes[i].Node != b.Changes[i].Node || a.Changes[i].Summary != b.Changes[i].Summary {
+			return false
+		}
+	}
+	return true
+}
+
+// interrupted tells an interrupt (first Ctrl-C) or an abort (second Ctrl-C,
+// which cancels the run's context) from a failure.
+func interrupted(err error) bool {
+	return errors.Is(err, ErrInterrupted) || errors.Is(err, context.Canceled)
 }
 
 // NodeErrors is the failure of some nodes in one ForEachNode call.

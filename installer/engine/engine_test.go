@@ -82,7 +82,7 @@ func TestApplyOrderAndEmptyPlans(t *testing.T) {
 		&fakePhase{name: "b", log: log}, // empty plan: never applied
 		&fakePhase{name: "c", log: log, plan: changeOn("n1")},
 	}}
-	res := e.Apply(context.Background(), context.Background(), testRun(2), e.Phases)
+	res := e.Apply(context.Background(), context.Background(), testRun(2), e.Phases, nil)
 	if got, want := log.String(), "a.plan a.apply b.plan c.plan c.apply"; got != want {
 		t.Errorf("calls = %q, want %q", got, want)
 	}
@@ -108,7 +108,7 @@ func TestApplyAllEmptyDoesNothingAndSaysSo(t *testing.T) {
 	log := &callLog{}
 	rec := &Recorder{}
 	e := &Engine{Sink: rec, Phases: []Phase{&fakePhase{name: "a", log: log}, &fakePhase{name: "b", log: log}}}
-	res := e.Apply(context.Background(), context.Background(), testRun(3), e.Phases)
+	res := e.Apply(context.Background(), context.Background(), testRun(3), e.Phases, nil)
 	if res.Outcome != OutcomeUnchanged {
 		t.Errorf("outcome = %s, want unchanged", res.Outcome)
 	}
@@ -135,7 +135,7 @@ func TestApplyStopsAtFailedPhase(t *testing.T) {
 		}},
 		&fakePhase{name: "b", log: log, plan: changeOn("n0")},
 	}}
-	res := e.Apply(context.Background(), context.Background(), testRun(2), e.Phases)
+	res := e.Apply(context.Background(), context.Background(), testRun(2), e.Phases, nil)
 	if res.Outcome != OutcomeFailed || !strings.Contains(res.Error, "n1: disk on fire") {
 		t.Fatalf("result = %+v", res)
 	}
@@ -200,7 +200,7 @@ func TestInterruptStopsBetweenSteps(t *testing.T) {
 		}},
 		&fakePhase{name: "b", log: log, plan: changeOn("n0")},
 	}}
-	res := e.Apply(context.Background(), interrupt, testRun(3), e.Phases)
+	res := e.Apply(context.Background(), interrupt, testRun(3), e.Phases, nil)
 	if finished.Load() != 1 {
 		t.Errorf("%d steps finished, want exactly the one that was running", finished.Load())
 	}
@@ -228,9 +228,44 @@ func TestCancelAbortsRunningSteps(t *testing.T) {
 			})
 		}},
 	}}
-	res := e.Apply(ctx, context.Background(), testRun(1), e.Phases)
-	if res.Outcome != OutcomeFailed || !strings.Contains(res.Error, "context canceled") {
+	res := e.Apply(ctx, context.Background(), testRun(1), e.Phases, nil)
+	if res.Outcome != OutcomeInterrupted || !strings.Contains(res.Error, "context canceled") {
 		t.Errorf("result = %+v", res)
+	}
+	if got := res.Phases[0].Nodes["n0"]; got != OutcomeInterrupted {
+		t.Errorf("node outcome = %s", got)
+	}
+}
+
+// TestConfirmedPlanMustStillHold: when the nodes changed between the
+// confirmation and the apply, nothing unconfirmed is applied; once an earlier
+// phase has applied, later plans may differ from what was confirmed.
+func TestConfirmedPlanMustStillHold(t *testing.T) {
+	tests := []struct {
+		name      string
+		confirmed []Plan
+		want      string
+		outcome   Outcome
+	}{
+		{"same plans", []Plan{{Phase: "a", Changes: []Change{{Node: "n0", Summary: "do something"}}}, {Phase: "b"}}, "a.plan a.apply b.plan b.apply", OutcomeOK},
+		{"first phase drifted", []Plan{{Phase: "a", Changes: []Change{{Node: "n0", Summary: "something else"}}}}, "a.plan", OutcomeFailed},
+		{"confirmed nothing, now something", []Plan{{Phase: "a"}}, "a.plan", OutcomeFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			log := &callLog{}
+			e := &Engine{Phases: []Phase{
+				&fakePhase{name: "a", log: log, plan: changeOn("n0")},
+				&fakePhase{name: "b", log: log, plan: changeOn("n0")}, // after a applied: may differ from the confirmed (empty) plan
+			}}
+			res := e.Apply(context.Background(), context.Background(), testRun(1), e.Phases, tt.confirmed)
+			if log.String() != tt.want || res.Outcome != tt.outcome {
+				t.Errorf("calls %q outcome %s (%s); want %q %s", log, res.Outcome, res.Error, tt.want, tt.outcome)
+			}
+			if tt.outcome == OutcomeFailed && !strings.Contains(res.Error, "the nodes changed since the plan was confirmed") {
+				t.Errorf("error = %q", res.Error)
+			}
+		})
 	}
 }
 

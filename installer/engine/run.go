@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path"
@@ -134,6 +133,9 @@ func (r *Run) Phase() string { return r.phase }
 func (r *Run) Logger() *slog.Logger { return r.logger.With("run", r.ID, "phase", r.phase) }
 
 func (r *Run) emit(e Event) {
+	if r.sink == nil {
+		return // a Run used outside Engine.Apply/PlanAll (unit tests of a phase)
+	}
 	e.Time = time.Now()
 	e.Run = r.ID
 	r.sink.Emit(e)
@@ -188,7 +190,7 @@ func (r *Run) Checkpoint() error {
 // started/done/failed events for step, and returns NodeErrors for the nodes
 // that failed. Nodes not yet started when the run is interrupted are not started.
 func (r *Run) ForEachNode(ctx context.Context, nodes []string, step string, fn func(ctx context.Context, node string) error) error {
-	sem := make(chan struct{}, r.parallel)
+	sem := make(chan struct{}, max(r.parallel, 1))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	errs := NodeErrors{}
@@ -209,6 +211,7 @@ func (r *Run) ForEachNode(ctx context.Context, nodes []string, step string, fn f
 			mu.Lock()
 			errs[node] = ctx.Err()
 			mu.Unlock()
+			r.outcomes.set(node, OutcomeInterrupted)
 			continue
 		}
 		wg.Add(1)
@@ -223,7 +226,7 @@ func (r *Run) ForEachNode(ctx context.Context, nodes []string, step string, fn f
 				errs[node] = err
 				mu.Unlock()
 				o := OutcomeFailed
-				if errors.Is(err, ErrInterrupted) {
+				if interrupted(err) {
 					o = OutcomeInterrupted
 				}
 				r.outcomes.set(node, o)

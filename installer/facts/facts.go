@@ -19,6 +19,8 @@ type Node struct {
 	Time      TimeSync    `json:"time"`
 	Space     []FreeSpace `json:"space"`
 	Ports     []Port      `json:"ports"`
+	// Problems are facts that could not be read (the rest is still valid).
+	Problems []string `json:"problems,omitempty"`
 }
 
 // OS identifies the distribution from /etc/os-release.

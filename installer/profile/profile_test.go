@@ -77,7 +77,7 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "misspelt field suggests the right one first",
 			body: strings.Replace(validProfile, "knownHosts:", "knownhosts:", 1),
-			want: "cluster.yaml:6:3: spec.ssh: no credentials" + "\x00", // replaced below
+			want: `cluster.yaml:9:5: spec.ssh: unknown field "knownhosts"; expected one of: knownHosts, user, port, keyFile, agent, sudo, bastion, connectTimeout, commandTimeout`,
 		},
 		{
 			name: "wrong apiVersion",
@@ -210,6 +210,11 @@ func TestLoadErrors(t *testing.T) {
 			want: `cluster.yaml:18:18: spec.state.recipients[0]: not a valid age recipient: malformed recipient "age1notakey": invalid character data part: s[1]=111`,
 		},
 		{
+			name: "remote that is not SSH",
+			body: validProfile + "  state:\n    remote: {url: https://git.example.org/state.git}\n",
+			want: `cluster.yaml:18:14: spec.state.remote.url: expected an SSH URL such as ssh://git@git.example.org/platform/state.git or git@git.example.org:platform/state.git, got "https://git.example.org/state.git"`,
+		},
+		{
 			name: "two documents",
 			body: validProfile + "---\nkind: Cluster\n",
 			want: `cluster.yaml:17:1: profile holds more than one YAML document; keep one cluster per file`,
@@ -225,8 +230,6 @@ func TestLoadErrors(t *testing.T) {
 			want: "cluster.yaml:1:1: profile is empty; start from `castellan profile init`",
 		},
 	}
-	// The misspelt-field case reports two problems; check the first precisely.
-	tests[1].want = `cluster.yaml:9:5: spec.ssh: unknown field "knownhosts"; expected one of: knownHosts, user, port, keyFile, agent, sudo, bastion, connectTimeout, commandTimeout`
 	t.Setenv("SSH_AUTH_SOCK", "")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -279,5 +282,25 @@ func TestExampleProfiles(t *testing.T) {
 				t.Errorf("%v", err)
 			}
 		})
+	}
+}
+
+func TestRemoteURLs(t *testing.T) {
+	for url, ok := range map[string]bool{
+		"ssh://git@git.example.org/platform/state.git":  true,
+		"ssh://git.example.org:2222/state.git":          true,
+		"git@git.example.org:platform/state.git":        true,
+		"git.example.org:state.git":                     true,
+		"https://git.example.org/state.git":             false,
+		"file:///srv/state.git":                         false,
+		"/srv/state.git":                                false,
+		"git@git.example.org:/abs/path.git":             true,
+		"ssh://git@git.example.org/state.git; rm -rf /": false,
+	} {
+		body := validProfile + "  state:\n    remote: {url: \"" + url + "\"}\n"
+		_, err := Load(writeProfile(t, body), ValidateOptions{})
+		if (err == nil) != ok {
+			t.Errorf("remote %q: err = %v, want ok=%v", url, err, ok)
+		}
 	}
 }

@@ -62,7 +62,7 @@ func (p *Profile) Validate(opts ValidateOptions) error {
 	v.rke2(opts)
 	v.services()
 	v.netpol()
-	v.state()
+	v.state(opts)
 	if len(v.errs) > 0 {
 		return v.errs.sorted()
 	}
@@ -510,7 +510,7 @@ func (v *validator) opening(f, name string, o Opening) {
 	}
 }
 
-func (v *validator) state() {
+func (v *validator) state(opts ValidateOptions) {
 	st := v.p.Spec.State
 	if strings.ContainsAny(st.Repo, "\n\x00") {
 		v.errf("spec.state.repo", "expected a directory path, got %q", st.Repo)
@@ -520,10 +520,17 @@ func (v *validator) state() {
 			v.errf(fmt.Sprintf("spec.state.recipients[%d]", i), "%v", err)
 		}
 	}
-	if r := st.Remote; r != nil && r.URL == "" {
-		v.errf("spec.state.remote.url", "required: the git remote's SSH URL")
+	if r := st.Remote; r != nil {
+		if !sshURL.MatchString(r.URL) {
+			v.errf("spec.state.remote.url", "expected an SSH URL such as ssh://git@git.example.org/platform/state.git or git@git.example.org:platform/state.git, got %q", r.URL)
+		}
+		v.readable("spec.state.remote.keyFile", r.KeyFile, opts, "key file")
+		v.readable("spec.state.remote.knownHosts", r.KnownHosts, opts, "known_hosts file")
 	}
 }
+
+// sshURL matches ssh://[user@]host[:port]/path and scp-like [user@]host:path.
+var sshURL = regexp.MustCompile(`^(ssh://([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(:[0-9]+)?/[^\s]+|([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:/?[^/\s][^\s]*)$`)
 
 // ParseRecipient parses an age recipient: age1... or an SSH public key.
 func ParseRecipient(s string) (age.Recipient, error) {

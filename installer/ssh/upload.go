@@ -141,7 +141,11 @@ func (c *Client) openSFTP(ctx context.Context, sudo bool, op string) (*sftp.Clie
 		if err != nil {
 			return nil, nil, fmt.Errorf("ssh: sftp subsystem on %s: %w", c.name, err)
 		}
-		return sc, func() { sc.Close() }, nil
+		stop := context.AfterFunc(ctx, func() { sc.Close() })
+		return sc, func() {
+			stop()
+			sc.Close()
+		}, nil
 	}
 	return nil, nil, fmt.Errorf("ssh: starting sftp-server on %s (exit code %d): %v: %s",
 		c.name, code, err, strings.TrimSpace(string(stderr.bytes())))

@@ -156,6 +156,8 @@ func check(r requirements, f facts.Node) []Problem {
 			errf("data disk %s is read-only", d.Device)
 		case disk.Mounted:
 			errf("data disk %s (or a partition of it) is mounted: it is in use by the system; castellan never touches a disk in use", d.Device)
+		case len(disk.Holders) > 0:
+			errf("data disk %s is in use by %s (device mapper: LVM, dm-crypt or RAID): castellan never touches a disk in use; free it or choose another", d.Device, strings.Join(disk.Holders, ", "))
 		case disk.SizeB < minDataDisk:
 			errf("data disk %s has %s: at least %s is needed", d.Device, bytesHuman(disk.SizeB), bytesHuman(minDataDisk))
 		}

@@ -40,15 +40,15 @@ func (g gatherer) read(p string) (string, error) {
 	return strings.TrimSpace(string(b)), err
 }
 
-// Gather collects the facts of this machine.
-func Gather(req FactsRequest) (facts.Node, error) {
+// Gather collects the facts of this machine. What cannot be read is listed
+// in Problems; the rest is returned all the same.
+func Gather(req FactsRequest) facts.Node {
 	return gatherer{root: "/"}.gather(req, true)
 }
 
-// gather collects facts; live adds what only syscalls can tell (uname, statfs, adjtimex).
-func (g gatherer) gather(req FactsRequest, live bool) (facts.Node, error) {
+// gather collects facts; live adds what only syscalls can tell (statfs, adjtimex).
+func (g gatherer) gather(req FactsRequest, live bool) facts.Node {
 	var n facts.Node
-	var errs []error
 	n.Hostname, _ = g.read("proc/sys/kernel/hostname")
 	n.Kernel, _ = g.read("proc/sys/kernel/osrelease")
 	n.Arch = runtime.GOARCH
@@ -59,7 +59,7 @@ func (g gatherer) gather(req FactsRequest, live bool) (facts.Node, error) {
 	n.Systemd = err == nil
 	disks, err := g.disks()
 	if err != nil {
-		errs = append(errs, fmt.Errorf("listing disks: %w", err))
+		n.Problems = append(n.Problems, fmt.Sprintf("listing disks: %v", err))
 	}
 	n.Disks = disks
 	n.TPM = g.tpm()
@@ -71,7 +71,7 @@ func (g gatherer) gather(req FactsRequest, live bool) (facts.Node, error) {
 		}
 	}
 	n.Ports = g.ports(req.Ports)
-	return n, errors.Join(errs...)
+	return n
 }
 
 func (g gatherer) osRelease() facts.OS {

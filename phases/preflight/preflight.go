@@ -33,17 +33,12 @@ func (Phase) Name() string { return Name }
 
 // RegisterAgentOps registers preflight's node side.
 func RegisterAgentOps(r *agent.Registry) {
-	r.Register(FactsOp, func(_ context.Context, in json.RawMessage, log *slog.Logger) (any, error) {
+	r.Register(FactsOp, func(_ context.Context, in json.RawMessage, _ *slog.Logger) (any, error) {
 		req, err := agent.Decode[FactsRequest](in)
 		if err != nil {
 			return nil, err
 		}
-		f, err := Gather(req)
-		if err != nil {
-			// Partial facts are still useful; the checks say what is missing.
-			log.Warn("gathering facts", "err", err)
-		}
-		return f, nil
+		return Gather(req), nil
 	})
 }
 
@@ -106,6 +101,9 @@ func gatherAndCheck(ctx context.Context, r *engine.Run, node string) error {
 	}
 	r.SetFacts(node, f)
 	r.Info(node, "%s, kernel %s, %s, %d CPU, %s RAM, TPM %s, %d disk(s)", osName(f.OS), f.Kernel, f.Arch, f.CPUs, bytesHuman(f.MemoryB), tpmSummary(f.TPM), len(f.Disks))
+	for _, p := range f.Problems {
+		r.Warn(node, "could not read a fact: %s", p)
+	}
 	var errs []string
 	for _, p := range check(req, f) {
 		if p.Severity == SeverityWarning {

@@ -14,7 +14,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,13 +45,7 @@ func setup(t *testing.T) *lab {
 	}
 	dir := t.TempDir()
 	for _, f := range []string{"profile.yaml", "id_ed25519", "known_hosts"} {
-		data, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, filepath.Join(dir, f), readFile(t, filepath.Join(src, f)))
 	}
 	l := &lab{dir: dir, profile: filepath.Join(dir, "profile.yaml"), bin: bin}
 	var err error
@@ -242,11 +235,9 @@ func TestLab(t *testing.T) {
 
 	t.Run("history, diff and rollback", func(t *testing.T) {
 		// A third run with a changed profile, then roll back to run 1.
-		raw, _ := os.ReadFile(l.profile)
+		raw := readFile(t, l.profile)
 		changed := strings.Replace(string(raw), "role: server", "role: server\n      labels: {castellan.dev/e2e: changed}", 1)
-		if err := os.WriteFile(l.profile, []byte(changed), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, l.profile, []byte(changed))
 		if o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json"); o.code != 0 {
 			t.Fatalf("third apply exit %d: %s", o.code, o.stderr)
 		}
@@ -276,10 +267,12 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("a missing data disk fails preflight and changes nothing", func(t *testing.T) {
-		raw, _ := os.ReadFile(filepath.Join(os.Getenv("CASTELLAN_LAB_DIR"), "profile.yaml"))
+		raw := readFile(t, filepath.Join(os.Getenv("CASTELLAN_LAB_DIR"), "profile.yaml"))
 		bad := strings.Replace(string(raw), "device: /dev/vdb", "device: /dev/vdz", 1)
-		if err := os.WriteFile(l.profile, []byte(bad), 0o600); err != nil {
-			t.Fatal(err)
+		writeFile(t, l.profile, []byte(bad))
+		before := map[string]string{}
+		for _, n := range nodes {
+			before[n] = l.on(t, n, "sh", "-c", "ls -la --time-style=+%s /var/lib/castellan/bin; lsblk -no NAME,FSTYPE,MOUNTPOINT /dev/vdb")
 		}
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		if o.code != 1 || o.result == nil || o.result.Outcome != engine.OutcomeFailed {
@@ -288,11 +281,16 @@ func TestLab(t *testing.T) {
 		if !strings.Contains(o.result.Error, "data disk /dev/vdz does not exist") {
 			t.Errorf("error = %q", o.result.Error)
 		}
+		for _, n := range nodes {
+			if after := l.on(t, n, "sh", "-c", "ls -la --time-style=+%s /var/lib/castellan/bin; lsblk -no NAME,FSTYPE,MOUNTPOINT /dev/vdb"); after != before[n] {
+				t.Errorf("%s changed:\nbefore %s\nafter  %s", n, before[n], after)
+			}
+		}
 	})
 
 	t.Run("a changed host key is refused", func(t *testing.T) {
 		// Pin server-1 to another node's key: that is what a changed key looks like.
-		kh, _ := os.ReadFile(filepath.Join(l.dir, "known_hosts"))
+		kh := readFile(t, filepath.Join(l.dir, "known_hosts"))
 		n0, n1 := l.p.Spec.Nodes[0], l.p.Spec.Nodes[1]
 		var forged []string
 		for _, line := range strings.Split(strings.TrimSpace(string(kh)), "\n") {
@@ -303,17 +301,32 @@ func TestLab(t *testing.T) {
 			}
 		}
 		dir := t.TempDir()
-		for _, f := range []string{"id_ed25519"} {
-			data, _ := os.ReadFile(filepath.Join(l.dir, f))
-			os.WriteFile(filepath.Join(dir, f), data, 0o600)
+		writeFile(t, filepath.Join(dir, "id_ed25519"), readFile(t, filepath.Join(l.dir, "id_ed25519")))
+		writeFile(t, filepath.Join(dir, "known_hosts"), []byte(strings.Join(forged, "\n")+"\n"))
+		writeFile(t, filepath.Join(dir, "profile.yaml"), readFile(t, filepath.Join(os.Getenv("CASTELLAN_LAB_DIR"), "profile.yaml")))
+		// Even with --accept-new-host-keys: a changed key is never accepted.
+		o := l.castellan(t, "apply", "-f", filepath.Join(dir, "profile.yaml"), "--yes", "--accept-new-host-keys", "-o", "json")
+		if o.code != 1 || o.result == nil || !strings.Contains(o.result.Error, "HOST KEY CHANGED for server-1") || !strings.Contains(o.result.Error, "SHA256:") {
+			t.Errorf("apply with a changed host key: exit %d, result %+v\n%s", o.code, o.result, o.stderr)
 		}
-		os.WriteFile(filepath.Join(dir, "known_hosts"), []byte(strings.Join(forged, "\n")+"\n"), 0o600)
-		raw, _ := os.ReadFile(filepath.Join(os.Getenv("CASTELLAN_LAB_DIR"), "profile.yaml"))
-		os.WriteFile(filepath.Join(dir, "profile.yaml"), raw, 0o600)
-		o := l.castellan(t, "plan", "-f", filepath.Join(dir, "profile.yaml"), "--accept-new-host-keys")
-		if o.code == 0 || !strings.Contains(o.stderr, "changed") || !strings.Contains(o.stderr, "SHA256:") {
-			t.Errorf("plan with a changed host key: exit %d\n%s", o.code, o.stderr)
+		if after := readFile(t, filepath.Join(dir, "known_hosts")); string(after) != strings.Join(forged, "\n")+"\n" {
+			t.Errorf("known_hosts was changed:\n%s", after)
 		}
-		fmt.Fprintln(os.Stderr, o.stderr)
 	})
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
