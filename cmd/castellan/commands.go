@@ -99,7 +99,8 @@ func (a *app) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: a.level()}))
 }
 
-// agentLogger logs JSON on stderr: the installer side reads it.
+// agentLogger logs JSON on stderr; when an operation fails, its tail is in
+// the error the installer reports.
 func (a *app) agentLogger() *slog.Logger {
 	return slog.New(slog.NewJSONHandler(a.stderr, &slog.HandlerOptions{Level: a.level()}))
 }
