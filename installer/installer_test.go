@@ -401,3 +401,49 @@ func TestPlanChangesNothing(t *testing.T) {
 		t.Errorf("the node's agent directory is not empty: %q %v", out, err)
 	}
 }
+
+// TestInterruptedRunIsCommittedAndARerunContinues: a run stopped by Ctrl-C is
+// committed as interrupted, and the next run does the work.
+func TestInterruptedRunIsCommittedAndARerunContinues(t *testing.T) {
+	lab := sshtest.New(t, sshtest.Options{Nodes: 2, PrivateDirs: []string{agent.BinDir}})
+	prof := testCluster(t, lab, "", "")
+	// The interrupt arrives while the first node's agent upload runs.
+	interrupt, stop := context.WithCancel(context.Background())
+	defer stop()
+	o := testOptions(t, lab, prof, nil)
+	o.Parallelism = 1
+	o.Sink = engine.SinkFunc(func(e engine.Event) {
+		if e.Status == engine.StatusProgress && e.Step == "upload agent" {
+			stop()
+		}
+	})
+	res, err := Apply(context.Background(), interrupt, o)
+	if res == nil || res.Record.Outcome != engine.OutcomeInterrupted || err == nil {
+		t.Fatalf("interrupted apply: %+v, %v", res, err)
+	}
+	// n0 finishes the step it was in (and may stop before its next one);
+	// n1 never starts.
+	nodes := res.Record.Phases[0].Nodes
+	if nodes["n0"] == engine.OutcomeFailed || nodes["n1"] != engine.OutcomeInterrupted {
+		t.Errorf("node outcomes = %v", nodes)
+	}
+	rec := &engine.Recorder{}
+	res2, err := Apply(context.Background(), context.Background(), testOptions(t, lab, prof, rec))
+	if res2 == nil || res2.Record.Number != 2 {
+		t.Fatalf("rerun: %+v", res2)
+	}
+	up := uploadsIn(rec.Events())
+	if problems := hostPreflightProblems(t); len(problems) > 0 {
+		// On this host n0's facts fail preflight's checks, which fails the
+		// phase before anything is applied: n1 must not get the agent either.
+		if err == nil || !strings.Contains(err.Error(), problems[0]) || len(up) != 0 {
+			t.Errorf("rerun on a host that fails preflight: err %v, uploads %v", err, up)
+		}
+	} else if len(up) != 1 || up["n1"] == 0 {
+		t.Errorf("the rerun uploaded to %v; want only n1, which the interrupted run never reached", up)
+	}
+	hist, _ := History(res2.StateDir)
+	if len(hist) != 2 || hist[1].Record.Outcome != engine.OutcomeInterrupted {
+		t.Errorf("history = %+v", hist)
+	}
+}

@@ -295,7 +295,7 @@ func TestLab(t *testing.T) {
 		var forged []string
 		for _, line := range strings.Split(strings.TrimSpace(string(kh)), "\n") {
 			if strings.HasPrefix(line, n1.Address+" ") {
-				forged = append(forged, strings.Replace(line, n1.Address, n0.Address, 1))
+				forged = append(forged, line, strings.Replace(line, n1.Address, n0.Address, 1))
 			} else if !strings.HasPrefix(line, n0.Address+" ") {
 				forged = append(forged, line)
 			}
