@@ -147,38 +147,51 @@ func structFields(t reflect.Type) []fieldInfo {
 }
 
 func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return
-	}
-	if n.Kind != yaml.MappingNode {
-		d.fail(n, path, "expected a mapping, got %s", kindName(n))
-		return
-	}
 	fields := structFields(v.Type())
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, val := n.Content[i], n.Content[i+1]
+	d.entries(n, path, "field", func(k, val *yaml.Node) {
 		key := k.Value
-		if k.Kind != yaml.ScalarNode || key == "<<" {
-			d.fail(k, path, "merge keys and complex keys are not supported; write the fields out")
-			continue
-		}
-		if seen[key] {
-			d.fail(k, join(path, key), "field %q appears twice", key)
-			continue
-		}
-		seen[key] = true
 		fi, ok := findField(fields, key)
 		if !ok {
 			d.fail(k, path, "unknown field %q; expected one of: %s", key, fieldNames(fields, key))
-			continue
+			return
 		}
 		d.decode(val, v.Field(fi.index), join(path, key))
 		if _, ok := d.pos[join(path, key)]; ok {
 			// Point field errors at the key, which is where a reader looks.
 			d.pos[join(path, key)] = nodePos(k)
 		}
+	})
+}
+
+// entries calls fn for each key and value of the mapping n, after the checks
+// structs and maps share: null leaves the default, anything but a mapping is
+// an error, and merge keys, complex keys and duplicates are refused. noun
+// ("field" or "key") names the keys in messages. It reports whether n was a
+// mapping.
+func (d *decoder) entries(n *yaml.Node, path, noun string, fn func(k, val *yaml.Node)) bool {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return false
 	}
+	if n.Kind != yaml.MappingNode {
+		d.fail(n, path, "expected a mapping, got %s", kindName(n))
+		return false
+	}
+	what := map[string]string{"field": "fields", "key": "entries"}[noun]
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode || k.Value == "<<" {
+			d.fail(k, path, "merge keys and complex keys are not supported; write the %s out", what)
+			continue
+		}
+		if seen[k.Value] {
+			d.fail(k, join(path, k.Value), "%s %q appears twice", noun, k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		fn(k, val)
+	}
+	return true
 }
 
 func findField(fields []fieldInfo, key string) (fieldInfo, bool) {
@@ -218,27 +231,9 @@ func (d *decoder) decodeSlice(n *yaml.Node, v reflect.Value, path string) {
 }
 
 func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return
-	}
-	if n.Kind != yaml.MappingNode {
-		d.fail(n, path, "expected a mapping, got %s", kindName(n))
-		return
-	}
 	m := reflect.MakeMapWithSize(v.Type(), len(n.Content)/2)
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, val := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode || k.Value == "<<" {
-			d.fail(k, path, "merge keys and complex keys are not supported; write the entries out")
-			continue
-		}
+	ok := d.entries(n, path, "key", func(k, val *yaml.Node) {
 		p := join(path, k.Value)
-		if seen[k.Value] {
-			d.fail(k, p, "key %q appears twice", k.Value)
-			continue
-		}
-		seen[k.Value] = true
 		key := reflect.New(v.Type().Key()).Elem()
 		switch key.Kind() {
 		case reflect.String:
@@ -247,19 +242,21 @@ func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
 			x, err := strconv.Atoi(k.Value)
 			if err != nil {
 				d.fail(k, p, "expected a number as key, got %q", k.Value)
-				continue
+				return
 			}
 			key.SetInt(int64(x))
 		default:
 			d.fail(k, p, "unsupported key type %s", key.Type())
-			continue
+			return
 		}
 		elem := reflect.New(v.Type().Elem()).Elem()
 		d.decode(val, elem, p)
 		d.pos[p] = nodePos(k)
 		m.SetMapIndex(key, elem)
+	})
+	if ok {
+		v.Set(m)
 	}
-	v.Set(m)
 }
 
 func join(path, key string) string {
