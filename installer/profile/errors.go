@@ -56,6 +56,8 @@ func (es Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
+// sorted orders the problems by position and drops repeats: a value reached
+// through several aliases is reported once.
 func (es Errors) sorted() Errors {
 	sort.SliceStable(es, func(i, j int) bool {
 		if es[i].Pos.Line != es[j].Pos.Line {
@@ -63,5 +65,27 @@ func (es Errors) sorted() Errors {
 		}
 		return es[i].Pos.Column < es[j].Pos.Column
 	})
-	return es
+	out := es[:0]
+	seen := map[[2]string]bool{}
+	for _, e := range es {
+		k := [2]string{e.Pos.String(), e.Msg}
+		if seen[k] && e.Pos.Line > 0 {
+			continue
+		}
+		seen[k] = true
+		out = append(out, e)
+	}
+	return out
+}
+
+// String formats a position as LINE:COLUMN, or LINE when the column is not
+// known, or "" for the zero Pos.
+func (p Pos) String() string {
+	switch {
+	case p.Line == 0:
+		return ""
+	case p.Column == 0:
+		return fmt.Sprint(p.Line)
+	}
+	return fmt.Sprintf("%d:%d", p.Line, p.Column)
 }
