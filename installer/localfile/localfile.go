@@ -66,7 +66,11 @@ func (e *tooLarge) Error() string {
 	if e.size < 0 {
 		return fmt.Sprintf("is larger than %s; is this the right file?", Size(e.limit))
 	}
-	return fmt.Sprintf("is %s, more than the %s castellan reads; is this the right file?", Size(e.size), Size(e.limit))
+	size := Size(e.size)
+	if size == Size(e.limit) { // 16 MiB and a few bytes
+		size = fmt.Sprintf("%d bytes", e.size)
+	}
+	return fmt.Sprintf("is %s, more than the %s castellan reads; is this the right file?", size, Size(e.limit))
 }
 func (e *tooLarge) Is(target error) bool { return target == ErrTooLarge }
 
