@@ -20,6 +20,9 @@ const (
 	maxValues = 100_000
 	// maxAliasValues bounds the values reached through aliases.
 	maxAliasValues = 10_000
+	// maxKey bounds a mapping key: the longest are Kubernetes label keys, a
+	// DNS subdomain prefix (253), '/' and a name (63).
+	maxKey = 317
 )
 
 // decoder fills Go values from a YAML node tree strictly: unknown fields,
@@ -90,7 +93,7 @@ func (d *decoder) count(n *yaml.Node, path string) bool {
 		a := d.aliases[0]
 		d.fail(a, d.aliasPath, "alias *%s (anchor &%s at line %d) expands the profile beyond %d values reached through aliases; "+
 			"aliases are bounded so that a small file cannot expand into a huge one: write the repeated values out",
-			a.Value, a.Value, a.Alias.Line, maxAliasValues)
+			show(a.Value), show(a.Value), a.Alias.Line, maxAliasValues)
 	case d.values > maxValues:
 		d.fail(n, path, "the profile holds more than %d values; is this the right file?", maxValues)
 	default:
@@ -108,7 +111,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	d.pos[path] = nodePos(n)
 	if n.Kind == yaml.AliasNode {
 		if n.Alias == nil {
-			d.failValue(n, path, "alias *%s names no anchor", n.Value)
+			d.failValue(n, path, "alias *%s names no anchor", show(n.Value))
 			return
 		}
 		if len(d.aliases) == 0 {
@@ -122,7 +125,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	if n.Style&yaml.TaggedStyle != 0 {
-		d.failValue(n, path, "explicit tags such as %s are not accepted; write the value without a tag", n.Tag)
+		d.failValue(n, path, "explicit tags such as %s are not accepted; write the value without a tag", show(n.Tag))
 		return
 	}
 	if isNull(n) {
@@ -305,7 +308,12 @@ func (d *decoder) entries(n *yaml.Node, path, noun string, fn func(k, val *yaml.
 			continue
 		}
 		if k.Style&yaml.TaggedStyle != 0 {
-			d.fail(k, path, "explicit tags such as %s are not accepted; write the key without a tag", k.Tag)
+			d.fail(k, path, "explicit tags such as %s are not accepted; write the key without a tag", show(k.Tag))
+			d.bad[path] = true
+			continue
+		}
+		if len(k.Value) > maxKey {
+			d.fail(k, path, "a key of %d bytes: keys here are names of at most %d", len(k.Value), maxKey)
 			d.bad[path] = true
 			continue
 		}

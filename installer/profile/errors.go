@@ -20,6 +20,9 @@ type FieldError struct {
 	Msg  string
 }
 
+// Error formats the problem as FILE:LINE:COLUMN: PATH: MESSAGE. Characters
+// that could act on a terminal (control and format characters) are written
+// as escapes, wherever they come from.
 func (e *FieldError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.File)
@@ -35,7 +38,7 @@ func (e *FieldError) Error() string {
 	}
 	b.WriteString(": ")
 	b.WriteString(e.Msg)
-	return b.String()
+	return escapeUnprintable(b.String())
 }
 
 // Errors is every problem found in one profile, in file order.

@@ -68,6 +68,8 @@ func runHostile(t *testing.T, tests []hostileCase) {
 				tt.setup(t, filepath.Dir(path))
 			}
 			got := problems(t, path)
+			// HOSTILE_PRINT=1 prints the problems as Go literals, to review
+			// and paste when a message changes on purpose.
 			if os.Getenv("HOSTILE_PRINT") != "" {
 				var q []string
 				for _, g := range got {
@@ -89,21 +91,12 @@ func aliasBomb(workloads, openings int) string {
 	b.WriteString(validProfile)
 	b.WriteString("  netpol:\n    workloads:\n      - &w\n        name: w\n        namespace: n\n        ingress:\n          o0: &o {podSelector: {app: x}, ports: {80: TCP}}\n")
 	for i := 1; i < openings; i++ {
-		b.WriteString("          o" + itoa(i) + ": *o\n")
+		b.WriteString("          o" + strconv.Itoa(i) + ": *o\n")
 	}
 	for i := 1; i < workloads; i++ {
 		b.WriteString("      - *w\n")
 	}
 	return b.String()
-}
-
-func itoa(i int) string { return strings.TrimSpace(strings.Repeat(" ", 0) + fmtInt(i)) }
-
-func fmtInt(i int) string {
-	if i < 10 {
-		return string(rune('0' + i))
-	}
-	return fmtInt(i/10) + string(rune('0'+i%10))
 }
 
 // TestHostileResources: a profile or a file it names can neither exhaust
@@ -779,4 +772,81 @@ func TestHostileStateRepo(t *testing.T) {
 			want: nil,
 		},
 	})
+}
+
+// TestAliasBombLarge is issue 16's 23 KB profile, which exhausted memory and
+// killed the runtime: it stops at the bound, early, naming the alias.
+func TestAliasBombLarge(t *testing.T) {
+	body := aliasBomb(1000, 1000)
+	if len(body) < 20<<10 {
+		t.Fatalf("the bomb is %d bytes, want the issue's 23 KB", len(body))
+	}
+	got := problems(t, writeProfile(t, body))
+	want := []string{"cluster.yaml:1023:9: spec.netpol.workloads[1]: alias *w (anchor &w at line 19) expands the profile beyond 10000 values reached through aliases; aliases are bounded so that a small file cannot expand into a huge one: write the repeated values out"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("problems\n got: %s\nwant: %s", strings.Join(got, "\n      "), strings.Join(want, "\n      "))
+	}
+}
+
+// TestProfileNotARegularFile: the profile itself is read like every other
+// file: a FIFO or a device is refused at once, naming the path.
+func TestProfileNotARegularFile(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "cluster.yaml")
+	mkfifo(t, fifo)
+	for path, want := range map[string]string{
+		fifo:        "reading profile: " + fifo + ": is a named pipe (FIFO), not a regular file",
+		"/dev/zero": "reading profile: /dev/zero: is a character device, not a regular file",
+		"/":         "reading profile: /: is a directory, not a regular file",
+	} {
+		_, err := Load(path, ValidateOptions{})
+		if err == nil || err.Error() != want {
+			t.Errorf("Load(%s) = %v; want %s", path, err, want)
+		}
+	}
+	big := filepath.Join(t.TempDir(), "big.yaml")
+	writeFile(t, big, []byte(strings.Repeat("# comment\n", MaxProfileSize/10+1)))
+	if _, err := Load(big, ValidateOptions{}); err == nil || !strings.Contains(err.Error(), "is larger than 512 KiB") && !strings.Contains(err.Error(), "more than the 512 KiB") {
+		t.Errorf("Load(big) = %v", err)
+	}
+}
+
+// TestUnprintableNeverPrinted: whatever a value holds, the error text holds
+// no control or format character, only its escape.
+func TestUnprintableNeverPrinted(t *testing.T) {
+	e := &FieldError{File: "c\x1b.yaml", Pos: Pos{1, 2}, Path: "a.b\u202e", Msg: "got \x07 and \u2028"}
+	if got, want := e.Error(), `c\x1b.yaml:1:2: a.b\u202e: got \a and \u2028`; got != want {
+		t.Errorf("Error() = %s; want %s", got, want)
+	}
+}
+
+// TestPosition: the position lookup the installer uses for problems found
+// outside this package.
+func TestPosition(t *testing.T) {
+	p, err := Load(writeProfile(t, validProfile), ValidateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for field, want := range map[string]string{
+		"spec.ssh.keyFile":           "8:5",
+		"spec.nodes[1].address":      "15:7",
+		"spec.nodes[1]":              "14:7",
+		"spec.nodes[1].port":         "14:7", // defaulted: its node
+		"spec.mesh.subnet":           "5:1",  // defaulted: spec
+		"spec.nodes[7].name":         "10:3", // no such node: the list
+		"":                           "1:1",
+		"spec.ssh.bastion.address":   "6:3",
+		"spec.diskEncryption.pcrs":   "5:1",
+		"spec.nodes[0].dataDisks[0]": "11:7",
+	} {
+		if got := p.Position(field).String(); got != want {
+			t.Errorf("Position(%q) = %s, want %s", field, got, want)
+		}
+	}
+	if !p.Written("spec.ssh.keyFile") || p.Written("spec.ssh.port") {
+		t.Errorf("Written: keyFile %v, port %v", p.Written("spec.ssh.keyFile"), p.Written("spec.ssh.port"))
+	}
+	got := p.Errorf("spec.nodes[1].address", "host key changed").Error()
+	if want := p.File + ":15:7: spec.nodes[1].address: host key changed"; got != want {
+		t.Errorf("Errorf = %s, want %s", got, want)
+	}
 }

@@ -35,7 +35,11 @@ func coreTag(n *yaml.Node) string {
 	if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle|yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
 		return "!!str"
 	}
-	switch v := n.Value; {
+	v := n.Value
+	if v != "" && !strings.ContainsRune("~nNtTfF0123456789+-.", rune(v[0])) {
+		return "!!str" // no null, bool, int or float starts otherwise
+	}
+	switch {
 	case coreNull.MatchString(v):
 		return "!!null"
 	case coreBool.MatchString(v):

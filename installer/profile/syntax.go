@@ -136,7 +136,7 @@ func syntaxError(name string, data []byte, err error) *FieldError {
 		if !ok {
 			pos = Pos{Line: line}
 		}
-		return &FieldError{File: name, Pos: pos, Msg: fmt.Sprintf("alias *%s refers to no anchor &%s written before it", mm[1], mm[1])}
+		return &FieldError{File: name, Pos: pos, Msg: fmt.Sprintf("alias *%s refers to no anchor &%s written before it", show(mm[1]), show(mm[1]))}
 	}
 	return &FieldError{File: name, Pos: Pos{Line: line}, Msg: "YAML syntax: " + problem}
 }

@@ -3,6 +3,7 @@ package profile
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -67,4 +68,45 @@ func quote(s string) string {
 		cut--
 	}
 	return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+}
+
+// show returns s as it is when it is short printable text (a path, a tag,
+// an anchor name), else quoted like quote, so that a message never carries
+// a control character or an endless value.
+func show(s string) string {
+	if len(s) > maxQuoted {
+		return quote(s)
+	}
+	for _, r := range s {
+		if !strconv.IsPrint(r) {
+			return quote(s)
+		}
+	}
+	return s
+}
+
+// escapeUnprintable writes each character badRune refuses as a Go escape
+// (\n, \x1b, \u202e), leaving the rest of s as it is. Every FieldError
+// passes through it, so no message can move the cursor, recolour the
+// terminal or reorder the text around it.
+func escapeUnprintable(s string) string {
+	if _, bad := badRune(s); !bad {
+		return s
+	}
+	var b strings.Builder
+	for i, r := range s {
+		if r == utf8.RuneError {
+			if _, size := utf8.DecodeRuneInString(s[i:]); size <= 1 {
+				fmt.Fprintf(&b, `\x%02x`, s[i])
+				continue
+			}
+		}
+		if unprintable(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
