@@ -410,6 +410,18 @@ func TestHostileCoercion(t *testing.T) {
 			},
 		},
 		{
+			name: "YAML 1.2 core booleans in capitals",
+			body: edit("    user: admin\n", "    user: admin\n    sudo: True\n    agent: FALSE\n"),
+			want: nil,
+		},
+		{
+			name: "CRLF line endings keep positions",
+			body: strings.ReplaceAll(edit("    user: admin\n", "    user: admin\n    port: 1.99\n"), "\n", "\r\n"),
+			want: []string{
+				"cluster.yaml:8:11: spec.ssh.port: expected a whole number, got the number 1.99",
+			},
+		},
+		{
 			name: "null port keeps the default",
 			body: edit("    user: admin\n", "    user: admin\n    port: ~\n"),
 			want: nil,
