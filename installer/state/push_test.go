@@ -111,10 +111,7 @@ func TestPushOverSSH(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, map[string][]byte{"n1/mesh/wg.conf": []byte("peer a\n")}, "mesh")
 	bare := l.bare(t, "state.git")
 	// One key type only, as `ssh-keyscan -t ed25519` gives, while the
@@ -176,7 +173,7 @@ func TestPushOverSSH(t *testing.T) {
 	l.git(t, clone, "push", "-q", "origin", "main")
 	diverged := strings.TrimSpace(l.git(t, bare, "rev-parse", "main"))
 	commitRun(t, r, "v: 3\n", engine.OutcomeOK, nil)
-	err = r.Push(ctx, rm)
+	err := r.Push(ctx, rm)
 	if err == nil {
 		t.Fatal("push over a diverged remote succeeded")
 	}
@@ -212,10 +209,7 @@ func TestPushHostKeyChecked(t *testing.T) {
 	l := newPushLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, nil)
 	bare := l.bare(t, "state.git")
 
@@ -263,10 +257,7 @@ func TestPushHostKeyChecked(t *testing.T) {
 // (a wedged sshd) does not hold Push past its context.
 func TestPushHonoursContext(t *testing.T) {
 	l := newPushLab(t)
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, nil)
 	bare := l.bare(t, "state.git")
 	rm := Remote{URL: l.url(bare), KeyFile: l.KeyFile, KnownHostsFile: l.WriteKnownHosts(sshtest.KnownHostsOptions{})}
@@ -316,10 +307,7 @@ func TestPushThroughSSHConfigAlias(t *testing.T) {
 	t.Cleanup(func() { gitssh.DefaultSSHConfig = orig })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, nil)
 	bare := l.bare(t, "state.git")
 	rm := Remote{URL: l.User + "@state-remote:" + bare, KeyFile: l.KeyFile, KnownHostsFile: knownHosts(t, l.node.KnownHostsLine(sshtest.Ed25519, false))}
