@@ -203,6 +203,16 @@ func (s *Session) Challenge(a *Attestation) (*ActivateRequest, error) {
 			return nil, s.fail(fmt.Errorf("%s: %w", c.name, err))
 		}
 	}
+	// go-attestation verifies these signatures with the AK's scheme and
+	// ignores the algorithms written in them: insist they are the AK's.
+	for _, sig := range []struct {
+		name string
+		b    []byte
+	}{{"ak.createSignature", a.AK.CreateSignature}, {"key.signature", a.Key.Signature}} {
+		if err := checkSignatureAlg(sig.b); err != nil {
+			return nil, s.fail(fmt.Errorf("%s: %w", sig.name, err))
+		}
+	}
 	akPublic, _ := tpm2.Unmarshal[tpm2.TPMTPublic](a.AK.Public)
 	if err := checkTemplate("AK", akPublic, true); err != nil {
 		return nil, s.fail(err)
@@ -257,9 +267,17 @@ func (s *Session) checkEK(ek *EKInfo) (crypto.PublicKey, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if !tmpl.ObjectAttributes.FixedTPM || !tmpl.ObjectAttributes.FixedParent || !tmpl.ObjectAttributes.SensitiveDataOrigin ||
-		!tmpl.ObjectAttributes.Restricted || !tmpl.ObjectAttributes.Decrypt || tmpl.ObjectAttributes.SignEncrypt {
-		return nil, false, errors.New("EK: not a restricted decryption key fixed to its TPM (TCG EK Credential Profile)")
+	// The EK must be the TCG default EK (template L-1 or L-2): the pin and
+	// the certificate cover only its key, so every other field (attributes,
+	// authPolicy, symmetric parameters) must be the standard one, which is
+	// also what the credential is made for.
+	std := tpm2.RSAEKTemplate
+	if tmpl.Type == tpm2.TPMAlgECC {
+		std = tpm2.ECCEKTemplate
+	}
+	std.Unique = tmpl.Unique
+	if !bytes.Equal(tpm2.Marshal(std), ek.Public) {
+		return nil, false, errors.New("EK: its public area is not the TCG default EK template (EK Credential Profile, template L-1 or L-2)")
 	}
 	hash, err := EKHash(pub)
 	if err != nil {
@@ -449,6 +467,23 @@ func (s *Session) checkCertifyInfo(raw []byte, key *tpm2.TPMTPublic) error {
 	}
 	if !bytes.Equal(info.Name.Buffer, name.Buffer) {
 		return errors.New("certification: names another key than the presented one")
+	}
+	return nil
+}
+
+// checkSignatureAlg requires a TPMT_SIGNATURE to be ECDSA with SHA-256,
+// the AK's scheme.
+func checkSignatureAlg(b []byte) error {
+	sig, err := tpm2.Unmarshal[tpm2.TPMTSignature](b)
+	if err != nil {
+		return err
+	}
+	if sig.SigAlg != tpm2.TPMAlgECDSA {
+		return fmt.Errorf("signature algorithm %#x, want ECDSA", uint16(sig.SigAlg))
+	}
+	ecc, err := sig.Signature.ECDSA()
+	if err != nil || ecc.Hash != tpm2.TPMAlgSHA256 {
+		return errors.New("signature is not ECDSA with SHA-256")
 	}
 	return nil
 }
