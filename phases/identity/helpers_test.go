@@ -18,9 +18,11 @@ func big1() *big.Int { return big.NewInt(1) }
 // tpmPublicOf is a TPMT_PUBLIC of template tmpl holding a software key.
 func tpmPublicOf(t testing.TB, pub *ecdsa.PublicKey, tmpl tpm2.TPMTPublic) []byte {
 	t.Helper()
-	x, y := make([]byte, 32), make([]byte, 32)
-	pub.X.FillBytes(x)
-	pub.Y.FillBytes(y)
+	raw, err := pub.Bytes() // 0x04 || X || Y (SEC 1 uncompressed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, y := raw[1:33], raw[33:65]
 	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: x}, Y: tpm2.TPM2BECCParameter{Buffer: y}})
 	return tpm2.Marshal(tmpl)
 }
