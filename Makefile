@@ -38,6 +38,9 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
 	go test -run '^$$' -fuzz '^FuzzDetectSignature$$' -fuzztime $(FUZZTIME) ./phases/preflight
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzDecodeResponse$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzClean$$' -fuzztime $(FUZZTIME) ./installer/report
 	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
