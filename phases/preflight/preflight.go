@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"castellan/installer/agent"
 	"castellan/installer/engine"
@@ -96,9 +97,11 @@ func gatherAndCheck(ctx context.Context, r *engine.Run, node string) error {
 	}
 	req := requirementsFor(r.Profile, n)
 	var f facts.Node
-	if err := r.Access.Call(ctx, node, FactsOp, FactsRequest{Ports: req.ports, SpacePaths: spacePaths}, &f); err != nil {
+	sent := time.Now()
+	if err := r.Access.Call(ctx, node, FactsOp, req.request(sent), &f); err != nil {
 		return fmt.Errorf("gathering facts: %w", err)
 	}
+	measureClock(&f.Clock, sent, time.Since(sent))
 	r.SetFacts(node, f)
 	r.Info(node, "%s, kernel %s, %s, %d CPU, %s RAM, TPM %s, %d disk(s)", osName(f.OS), f.Kernel, f.Arch, f.CPUs, bytesHuman(f.MemoryB), tpmSummary(f.TPM), len(f.Disks))
 	for _, p := range f.Problems {
