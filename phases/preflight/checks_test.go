@@ -96,7 +96,10 @@ func TestCheck(t *testing.T) {
 		{name: "mesh port held by the kernel's WireGuard", node: func(n *facts.Node) { n.Ports[0].InUse = true }},
 		{name: "mesh port held by a process", node: func(n *facts.Node) { n.Ports[0].InUse, n.Ports[0].Process = true, "openvpn" },
 			errors: []string{"port udp/51871 is in use by openvpn: the WireGuard mesh needs it"}},
-		{name: "data disk missing", node: func(n *facts.Node) { n.Disks = n.Disks[:1]; n.Devices[0] = facts.Device{Path: "/dev/vdb", Kind: facts.DeviceMissing} },
+		{name: "data disk missing", node: func(n *facts.Node) {
+			n.Disks = n.Disks[:1]
+			n.Devices[0] = facts.Device{Path: "/dev/vdb", Kind: facts.DeviceMissing}
+		},
 			errors: []string{"data disk /dev/vdb does not exist: attach it, or fix spec.nodes[s1].dataDisks (disks here: vda)"}},
 		{name: "data disk by alias", profile: func(p *profile.Profile) { p.Spec.Nodes[0].DataDisks[0].Device = "/dev/disk/by-id/virtio-data" }},
 		{name: "data disk mounted", node: func(n *facts.Node) { n.Disks[1].Mounted, n.Disks[1].Mounts = true, []string{"/srv/old", "[SWAP]"} },
