@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 
@@ -96,32 +95,30 @@ func (g gatherer) firmware() (facts.Firmware, []string) {
 // mounted at rel (relative to the gatherer's root). systemd mounts efivarfs
 // and securityfs at boot; where they are not mounted on a live node, they
 // are mounted for fn's duration only, in a mount namespace private to one
-// OS thread that exits afterwards: the node's own mount table never changes
-// and nothing is left to unmount. Fixture trees are read as they are.
+// OS thread that ends afterwards (onSpareThread): the node's own mount
+// table never changes and nothing is left to unmount. Fixture trees are
+// read as they are.
 func (g gatherer) withMount(fstype, rel string, magic int64, fn func(dir string) error) error {
 	dir := g.path(rel)
 	var st unix.Statfs_t
 	if !g.live || (unix.Statfs(dir, &st) == nil && int64(st.Type) == magic) {
 		return fn(dir)
 	}
-	done := make(chan error, 1)
-	go func() {
-		// Never unlocked: when this goroutine returns, the runtime ends the
-		// thread, and with it the private namespace.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			done <- fmt.Errorf("%s is not mounted at /%s, and a private mount namespace to mount it in cannot be made: %w", fstype, rel, err)
+	var err error
+	onSpareThread(func() {
+		if err = unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			err = fmt.Errorf("%s is not mounted at /%s, and a private mount namespace to mount it in cannot be made: %w", fstype, rel, err)
 			return
 		}
-		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			done <- fmt.Errorf("making a private mount namespace for %s: %w", fstype, err)
+		if err = unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			err = fmt.Errorf("making a private mount namespace for %s: %w", fstype, err)
 			return
 		}
-		if err := unix.Mount(fstype, dir, fstype, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-			done <- fmt.Errorf("%s is not mounted at /%s and cannot be mounted there: %w", fstype, rel, err)
+		if err = unix.Mount(fstype, dir, fstype, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			err = fmt.Errorf("%s is not mounted at /%s and cannot be mounted there: %w", fstype, rel, err)
 			return
 		}
-		done <- fn(dir)
-	}()
-	return <-done
+		err = fn(dir)
+	})
+	return err
 }

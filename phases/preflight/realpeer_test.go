@@ -3,7 +3,6 @@ package preflight
 import (
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -26,33 +25,42 @@ func needRoot(t *testing.T) {
 	t.Skip("this test needs root (loop devices, namespaces, mounts)")
 }
 
-// loopDevice attaches img to a free loop device (partitions scanned) and
-// returns its path; the test detaches it.
-func loopDevice(t *testing.T, img string) string {
+// loopDevice attaches img to a free loop device and returns its path; with
+// parts, the partitions of its partition table are added (partx: the loop
+// driver here does not scan them itself). The test detaches it.
+func loopDevice(t *testing.T, img string, parts ...bool) string {
 	t.Helper()
 	needRoot(t)
 	needCommand(t, "losetup")
-	dev := strings.TrimSpace(run(t, "losetup", "--find", "--show", "--partscan", img))
+	dev := strings.TrimSpace(run(t, "losetup", "--find", "--show", img))
 	t.Cleanup(func() {
 		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
 			t.Errorf("losetup --detach %s: %v %s", dev, err, out)
 		}
 	})
+	if len(parts) > 0 && parts[0] {
+		needCommand(t, "partx")
+		run(t, "partx", "--update", dev) // --update: also drops partitions a detached loop device kept
+		t.Cleanup(func() {
+			if out, err := exec.Command("partx", "--delete", dev).CombinedOutput(); err != nil {
+				t.Errorf("partx --delete %s: %v %s", dev, err, out)
+			}
+		})
+	}
 	return dev
 }
 
-// inThreadNamespaces runs fn on an OS thread of its own that first leaves
-// the test's namespaces named by flags (unix.CLONE_NEWNS, CLONE_NEWNET);
-// mounts are made private to it. The thread is never handed back to the
-// Go runtime, so it ends with fn and its namespaces with it: nothing fn
-// mounts or binds outlives it, even when the test fails.
+// inThreadNamespaces runs fn on an OS thread of its own (onSpareThread)
+// that first leaves the test's namespaces named by flags (unix.CLONE_NEWNS,
+// CLONE_NEWNET); mounts are made private to it. The thread ends with fn and
+// its namespaces with it: nothing fn mounts or binds outlives it, even when
+// the test fails.
 func inThreadNamespaces(t *testing.T, flags int, fn func()) {
 	t.Helper()
 	needRoot(t)
-	done := make(chan any, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer func() { done <- recover() }()
+	var panicked any
+	onSpareThread(func() {
+		defer func() { panicked = recover() }()
 		if err := unix.Unshare(flags); err != nil {
 			panic("unshare: " + err.Error())
 		}
@@ -65,9 +73,9 @@ func inThreadNamespaces(t *testing.T, flags int, fn func()) {
 			setLinkUp("lo")
 		}
 		fn()
-	}()
-	if p := <-done; p != nil {
-		t.Fatal(p)
+	})
+	if panicked != nil {
+		t.Fatal(panicked)
 	}
 }
 
