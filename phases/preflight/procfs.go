@@ -178,7 +178,9 @@ func parseSwaps(data []byte) []swapLine {
 		lines = lines[1:]
 	}
 	for _, line := range lines {
-		f := strings.Fields(string(line))
+		// Only spaces and tabs separate fields: the kernel escapes those in
+		// the file name, not other white space (mm/swapfile.c, swap_show).
+		f := strings.FieldsFunc(string(line), func(r rune) bool { return r == ' ' || r == '\t' })
 		if len(f) < 5 {
 			continue
 		}
