@@ -54,11 +54,11 @@ func (g gatherer) firmware() (facts.Firmware, []string) {
 		err := g.withMount("efivarfs", efivarsDir, efivarfsMagic, func(dir string) error {
 			b, err := os.ReadFile(dir + "/SecureBoot-" + efiGlobal)
 			if err != nil {
-				return fmt.Errorf("Secure Boot state: %w", err)
+				return fmt.Errorf("reading the Secure Boot state: %w", err)
 			}
 			_, on, err := parseEFIBool(b)
 			if err != nil {
-				return fmt.Errorf("Secure Boot state: %w", err)
+				return fmt.Errorf("reading the Secure Boot state: %w", err)
 			}
 			fw.SecureBoot = facts.SecureBootDisabled
 			if on {
