@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"castellan/installer/agent"
 	"castellan/installer/engine"
 	"castellan/installer/facts"
@@ -118,6 +120,13 @@ func hostPreflightProblems(t *testing.T) []string {
 	var want []string
 	if _, err := os.Stat("/run/systemd/system"); err != nil {
 		want = append(want, "systemd is not running")
+	}
+	var st unix.Statfs_t
+	if unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type != unix.CGROUP2_SUPER_MAGIC {
+		want = append(want, "the node runs cgroup v1")
+	}
+	if swaps, _ := os.ReadFile("/proc/swaps"); strings.Count(string(swaps), "\n") > 1 {
+		want = append(want, "swap is on")
 	}
 	return want
 }
