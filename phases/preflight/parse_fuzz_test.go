@@ -334,3 +334,38 @@ func TestTimeSyncFrom(t *testing.T) {
 		}
 	}
 }
+
+// TestParseLUKS2Placement: a header is only taken where it says it is, so a
+// LUKS2 image stored inside a disk (a file in a filesystem, a copied
+// header) is not read as the disk's own header.
+func TestParseLUKS2Placement(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		size, records int64 // header size, and the offset it records
+		readAt        int64
+		ok            bool
+	}{
+		{"primary where it says", 16384, 0, 0, true},
+		{"secondary where it says", 16384, 16384, 16384, true},
+		{"secondary of a 32 KiB header found at 16 KiB", 32768, 32768, 16384, false},
+		{"secondary recording offset 0", 16384, 0, 16384, false},
+		{"primary recording another offset", 16384, 16384, 0, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := luks2Header(tt.size, tt.records, "l", "u", 1, nil)
+			if tt.readAt == 0 {
+				copy(b, "LUKS\xba\xbe")
+			} else {
+				copy(b, "SKUL\xba\xbe")
+			}
+			binary.BigEndian.PutUint64(b[256:], uint64(tt.records))
+			clear(b[448:512])
+			sum := sha256.Sum256(b)
+			copy(b[448:], sum[:])
+			l, err := parseLUKS2(b, tt.readAt)
+			if (err == nil) != tt.ok {
+				t.Errorf("parseLUKS2 = %+v, %v; want ok %v", l, err, tt.ok)
+			}
+		})
+	}
+}
