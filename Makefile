@@ -17,7 +17,8 @@ export CASTELLAN_CACHE := $(CACHE)
 
 # Debian packages the tests' real peers and tools need.
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
-	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools
+	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
+	swtpm swtpm-tools
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -38,6 +39,12 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	for f in FuzzDetect FuzzParseMountinfo FuzzParseProcNet FuzzParseSwaps FuzzParseEFIBool FuzzLUKS2Header; do \
 		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/preflight; done
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzDecodeResponse$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzClean$$' -fuzztime $(FUZZTIME) ./installer/report
+	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck
@@ -53,6 +60,7 @@ bench: test-deps ## benchmarks: plan time, SSH connect, preflight vs Ansible (pr
 	vagrant/scripts/ensure-packages.sh ansible
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh ./installer
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench Enrolment -benchtime 5x ./phases/identity
 
 .PHONY: schema
 schema: ## regenerate profiles/cluster.schema.json from the Go types

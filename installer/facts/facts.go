@@ -1,12 +1,21 @@
 // Package facts holds what preflight observes on a node. The types travel
 // from the node's agent to the installer as JSON, are shared with later
-// phases through the run, and are written into each run's record.
+// phases through the run (Key), and are written into each run's record.
 //
 // Fields are only ever added: run records written by earlier versions must
 // still decode.
 package facts
 
-import "time"
+import (
+	"time"
+
+	"castellan/installer/engine"
+)
+
+// Key is the output under which the preflight phase publishes each node's
+// facts; later phases read it with engine.Lookup. It is recorded in the run
+// record.
+var Key = engine.NewKey[Node]("preflight", "facts", true)
 
 // Node is everything preflight learned about one node.
 type Node struct {

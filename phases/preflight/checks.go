@@ -5,7 +5,6 @@ import (
 	"path"
 	"slices"
 	"strings"
-	"time"
 
 	"castellan/installer/facts"
 	"castellan/installer/profile"
@@ -64,12 +63,6 @@ type requirements struct {
 	ports     []facts.Port
 	owners    map[string][]string // "udp/51871" -> processes that may hold it
 	devices   []string            // the data disks' device paths, as the profile names them
-}
-
-// request is the facts request for these requirements, stamped with the
-// installer's wall clock now (T1 of the clock measurement, clock.go).
-func (r requirements) request(now time.Time) FactsRequest {
-	return FactsRequest{Ports: r.ports, SpacePaths: spacePaths, Devices: r.devices, Now: now}
 }
 
 func requirementsFor(p *profile.Profile, n profile.Node) requirements {

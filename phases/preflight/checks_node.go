@@ -2,7 +2,6 @@ package preflight
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -190,15 +189,9 @@ func checkKubeletHost(f facts.Node) []Problem {
 	errf := func(format string, a ...any) { ps = append(ps, Problem{SeverityError, fmt.Sprintf(format, a...)}) }
 	switch f.Cgroup.Mode {
 	case facts.CgroupUnified:
-		var missing []string
-		for _, c := range []string{"cpu", "memory", "pids"} {
-			if len(f.Cgroup.Controllers) > 0 && !slices.Contains(f.Cgroup.Controllers, c) {
-				missing = append(missing, c)
-			}
-		}
-		if len(missing) > 0 {
-			errf("cgroup v2 controller(s) %s are not enabled (/sys/fs/cgroup/cgroup.controllers: %s): kubelet needs cpu, memory and pids; remove cgroup_disable=... from the kernel command line (on Raspberry Pi OS add cgroup_enable=memory) and reboot", strings.Join(missing, ", "), strings.Join(f.Cgroup.Controllers, " "))
-		}
+		// The controllers are recorded, not checked: a v2 root may lack
+		// them while a v1 hierarchy still holds them on a node being
+		// moved to v2, and kubelet names what it misses itself.
 	case facts.CgroupHybrid, facts.CgroupLegacy:
 		errf("the node runs cgroup v1 (%s hierarchy): kubelet refuses to start on cgroup v1 since Kubernetes 1.35 (failCgroupV1), and RKE2 runs that kubelet; boot with cgroup v2: add systemd.unified_cgroup_hierarchy=1 to the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub), remove systemd.legacy_systemd_cgroup_controller and cgroup_no_v1 if set, and reboot", f.Cgroup.Mode)
 	default:
@@ -241,7 +234,7 @@ const (
 
 func checkClock(c facts.Clock) []Problem {
 	if !c.Measured {
-		return []Problem{{SeverityWarning, "the clock offset from the installer was not measured (the node did not stamp its answer): certificates need clocks within minutes of each other; check the node's time by hand"}}
+		return nil // see gatherAndCheck: not measured until the engine records when execs were sent
 	}
 	off := c.Offset
 	dir := "ahead of"
