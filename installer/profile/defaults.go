@@ -21,6 +21,8 @@ const (
 	DefaultSecretsCipher  = "aescbc"
 	DefaultStateRepo      = "state"
 	DefaultDataMountRoot  = "/var/lib/castellan/data"
+	// DefaultRecoveryGeneration is the generation of a data disk's first recovery passphrase.
+	DefaultRecoveryGeneration = 1
 )
 
 // DefaultPCRs is the PCR policy of the TPM keyslot when the profile names none.
@@ -79,6 +81,9 @@ func (p *Profile) applyDefaults() {
 	}
 	if !p.set["spec.diskEncryption.pcrs"] {
 		s.DiskEncryption.PCRs = append([]int(nil), DefaultPCRs...)
+	}
+	if !p.set["spec.diskEncryption.recoveryGeneration"] {
+		s.DiskEncryption.RecoveryGeneration = DefaultRecoveryGeneration
 	}
 	if s.Mesh.Enabled == nil {
 		s.Mesh.Enabled = boolPtr(true)

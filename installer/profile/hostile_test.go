@@ -410,6 +410,13 @@ func TestHostileCoercion(t *testing.T) {
 			},
 		},
 		{
+			name: "recovery generation zero",
+			body: validProfile + "  diskEncryption:\n    recoveryGeneration: 0\n",
+			want: []string{
+				"cluster.yaml:18:5: spec.diskEncryption.recoveryGeneration: expected a generation of 1 or more, got 0; raise it by one to rotate every data disk's recovery passphrase",
+			},
+		},
+		{
 			name: "YAML 1.2 core booleans in capitals",
 			body: edit("    user: admin\n", "    user: admin\n    sudo: True\n    agent: FALSE\n"),
 			want: nil,

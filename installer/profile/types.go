@@ -161,6 +161,9 @@ type DiskEncryption struct {
 	Enabled *bool `yaml:"enabled,omitempty"`
 	// PCRs the TPM keyslot is bound to (default [7]).
 	PCRs []int `yaml:"pcrs,omitempty"`
+	// RecoveryGeneration is the generation every data disk's recovery passphrase must have (default 1):
+	// raising it makes the next apply rotate them (the new one is escrowed before the old keyslot is removed).
+	RecoveryGeneration int `yaml:"recoveryGeneration,omitempty"`
 }
 
 // Mesh configures the host WireGuard mesh.

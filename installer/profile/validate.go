@@ -289,6 +289,9 @@ func (v *validator) diskEncryption() {
 		}
 		seen[pcr] = true
 	}
+	if g := v.p.Spec.DiskEncryption.RecoveryGeneration; g < 1 && !v.p.isBad("spec.diskEncryption.recoveryGeneration") {
+		v.errf("spec.diskEncryption.recoveryGeneration", "expected a generation of 1 or more, got %d; raise it by one to rotate every data disk's recovery passphrase", g)
+	}
 }
 
 // networks checks the mesh, pod and service networks against each other and
