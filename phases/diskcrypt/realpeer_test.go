@@ -3,7 +3,9 @@ package diskcrypt
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -138,4 +140,152 @@ func reflectEqual(a, b Token) bool {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return string(ja) == string(jb)
+}
+
+// TestWriteRefusesADiskChangedSincePlan: the plan saw a blank disk; someone
+// made a filesystem on it since; Write must refuse and leave it as it is.
+func TestWriteRefusesADiskChangedSincePlan(t *testing.T) {
+	n := testNode(t, startSwtpm(t, ""))
+	dev := image(t, n, "vdb", 64<<20)
+	img := filepath.Join(n.Root, dev)
+	obs, err := n.Observe(ctxT(t), ObserveRequest{Disks: []DiskRequest{{Device: dev}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, area := prepareFor(t, n, dev, []int{7})
+	run(t, "", "mkfs.ext4", "-q", "-F", img)
+	before := fileDigest(t, img)
+	_, err = n.Write(ctxT(t), WriteRequest{Device: dev, UUID: req.UUID, Header: area.Header, Content: obs.Disks[0].Content})
+	if err == nil || !strings.Contains(err.Error(), "changed since the plan was made") {
+		t.Fatalf("Write = %v", err)
+	}
+	if fileDigest(t, img) != before {
+		t.Error("the disk was written")
+	}
+	// A header that is not the one prepared for the UUID is refused too.
+	_, err = n.Write(ctxT(t), WriteRequest{Device: dev, UUID: "00000000-0000-4000-8000-000000000000", Header: area.Header, Content: obs.Disks[0].Content})
+	if err == nil || !strings.Contains(err.Error(), "header UUID") {
+		t.Errorf("Write with another UUID = %v", err)
+	}
+}
+
+// TestPrepareWithoutAWorkingTPMLeavesTheDisk: systemd-cryptenroll cannot
+// reach a TPM; Prepare fails saying so, the disk is untouched and no scratch
+// image is left.
+func TestPrepareWithoutAWorkingTPMLeavesTheDisk(t *testing.T) {
+	n := testNode(t, nil)
+	n.TPM2Device = "swtpm:path=" + filepath.Join(t.TempDir(), "no-tpm-here")
+	dev := image(t, n, "vdb", 64<<20)
+	before := fileDigest(t, filepath.Join(n.Root, dev))
+	uuid, _ := newUUID()
+	p, _ := NewPassphrase()
+	_, err := n.Prepare(ctxT(t), PrepareRequest{UUID: uuid, SectorSize: 4096, Passphrase: p, PCRs: []int{7},
+		Token: Token{Version: 1, Cluster: "c", Node: "n", Device: dev, Filesystem: Filesystem{Type: "ext4", UUID: uuid}, Recovery: Slot{Generation: 1}}})
+	if err == nil || !strings.Contains(err.Error(), "the TPM keyslot could not be made") || !strings.Contains(err.Error(), "systemd-cryptenroll") {
+		t.Fatalf("Prepare = %v", err)
+	}
+	if strings.Contains(err.Error(), string(p)) {
+		t.Error("the error holds the passphrase")
+	}
+	if fileDigest(t, filepath.Join(n.Root, dev)) != before {
+		t.Error("the disk changed")
+	}
+	if left, _ := filepath.Glob(filepath.Join(n.scratchDir(), "*")); len(left) > 0 {
+		t.Errorf("Prepare left %v", left)
+	}
+}
+
+// encrypted returns a node with /dev/vdb encrypted (header written) and its
+// request.
+func encrypted(t *testing.T, tpm *swtpm) (*Node, PrepareRequest) {
+	t.Helper()
+	n := testNode(t, tpm)
+	dev := image(t, n, "vdb", 64<<20)
+	obs, err := n.Observe(ctxT(t), ObserveRequest{Disks: []DiskRequest{{Device: dev}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, area := prepareFor(t, n, dev, []int{7})
+	if _, err := n.Write(ctxT(t), WriteRequest{Device: dev, UUID: req.UUID, Header: area.Header, Content: obs.Disks[0].Content}); err != nil {
+		t.Fatal(err)
+	}
+	return n, req
+}
+
+func tpmBlob(t *testing.T, n *Node) string {
+	t.Helper()
+	img := filepath.Join(n.Root, "dev/vdb")
+	var tok struct {
+		Blob string `json:"tpm2-blob"`
+	}
+	for _, id := range []string{"0", "1", "2", "3"} {
+		out, err := execOutput("cryptsetup", "token", "export", "--token-id", id, img)
+		if err == nil && strings.Contains(out, `"systemd-tpm2"`) {
+			if err := json.Unmarshal([]byte(out), &tok); err != nil {
+				t.Fatal(err)
+			}
+			return tok.Blob
+		}
+	}
+	t.Fatal("no systemd-tpm2 token")
+	return ""
+}
+
+// TestEnrolWithAReplacedTPM: the node's TPM was replaced (a new software
+// TPM, new seeds): the recovery passphrase opens the disk and Enrol seals
+// the key to the new TPM, replacing the old TPM2 keyslot.
+func TestEnrolWithAReplacedTPM(t *testing.T) {
+	n, req := encrypted(t, startSwtpm(t, ""))
+	oldBlob := tpmBlob(t, n)
+	n.TPM2Device = startSwtpm(t, "").device()
+	area, err := n.Enrol(ctxT(t), EnrolRequest{Device: "/dev/vdb", UUID: req.UUID, Passphrase: req.Passphrase, PCRs: []int{7}})
+	if err != nil {
+		t.Fatalf("Enrol: %v", err)
+	}
+	if newBlob := tpmBlob(t, n); newBlob == oldBlob {
+		t.Error("the TPM2 token was not replaced")
+	}
+	h, _ := ReadHeader(bytes.NewReader(area.Header), int64(len(area.Header)))
+	if len(h.TPM2Tokens()) != 1 || len(h.Keyslots) != 2 {
+		t.Errorf("after re-enrolment: %d TPM2 tokens, %d keyslots; want 1 and 2", len(h.TPM2Tokens()), len(h.Keyslots))
+	}
+	if !opens(t, filepath.Join(n.Root, "dev/vdb"), req.Passphrase) {
+		t.Error("the recovery passphrase no longer opens the disk")
+	}
+}
+
+// TestEnrolAndRotateWithAWrongPassphraseChangeNothing: the escrowed
+// passphrase does not open the disk (a state repo from elsewhere): the TPM
+// keyslot is not wiped and no keyslot is added.
+func TestEnrolAndRotateWithAWrongPassphraseChangeNothing(t *testing.T) {
+	n, req := encrypted(t, startSwtpm(t, ""))
+	img := filepath.Join(n.Root, "dev/vdb")
+	before := fileDigest(t, img)
+	wrong, _ := NewPassphrase()
+	_, err := n.Enrol(ctxT(t), EnrolRequest{Device: "/dev/vdb", UUID: req.UUID, Passphrase: wrong, PCRs: []int{0, 7}})
+	if err == nil || !strings.Contains(err.Error(), "does not open keyslot 0") {
+		t.Errorf("Enrol = %v", err)
+	}
+	next, _ := NewPassphrase()
+	_, err = n.Rotate(ctxT(t), RotateRequest{Device: "/dev/vdb", UUID: req.UUID, Current: wrong, New: next, Generation: 2})
+	if err == nil || !strings.Contains(err.Error(), "nothing was changed") {
+		t.Errorf("Rotate = %v", err)
+	}
+	if fileDigest(t, img) != before {
+		t.Error("the disk changed")
+	}
+	for _, p := range []Passphrase{wrong, next} {
+		if strings.Contains(fmt.Sprint(err), string(p)) {
+			t.Error("an error holds a passphrase")
+		}
+	}
+	// Backwards is refused.
+	if _, err := n.Rotate(ctxT(t), RotateRequest{Device: "/dev/vdb", UUID: req.UUID, Current: req.Passphrase, New: next, Generation: 0}); err == nil {
+		t.Error("a rotation to generation 0 was accepted")
+	}
+}
+
+func execOutput(argv ...string) (string, error) {
+	out, err := exec.Command(argv[0], argv[1:]...).Output()
+	return string(out), err
 }
