@@ -74,7 +74,7 @@ func decide(in diskInput) (decision, error) {
 	}
 	switch dev.Kind {
 	case facts.DeviceMissing:
-		return dec, fmt.Errorf("data disk %s does not exist on %s: attach it, or fix %s; nothing was changed", d.Device, in.Node, in.field())
+		return dec, fmt.Errorf("data disk %s does not exist: attach it, or fix %s; nothing was changed", d.Device, in.field())
 	case facts.DeviceNotBlock:
 		return dec, fmt.Errorf("data disk %s is not a block device but a %s: name a whole disk in %s", d.Device, dev.FileType, in.field())
 	case facts.DevicePartition:
@@ -305,7 +305,7 @@ func (in diskInput) planOwn(disk facts.Disk, t Token) (decision, error) {
 	if len(why) == 0 && !written {
 		switch in.Obs.TPM.Result {
 		case TPMRefused:
-			why = append(why, "the TPM does not unseal its key any more (the TPM was replaced, or the boot measured differently: "+firstLine(in.Obs.TPM.Detail)+")")
+			why = append(why, "the TPM no longer unseals its key: the TPM was replaced, or the boot measured differently; cryptsetup says: "+firstLine(in.Obs.TPM.Detail))
 		case TPMNoDevice:
 			return dec, fmt.Errorf("data disk %s: the node has no TPM any more (%s), so the disk cannot unlock at boot; give the node its (v)TPM back, then rerun: castellan re-enrols it with the escrowed recovery passphrase", d.Device, in.Obs.TPM.Detail)
 		}
