@@ -214,3 +214,22 @@ func bytesHuman(b uint64) string {
 	}
 	return fmt.Sprintf("%d B", b)
 }
+
+// castellansOwn reports whether a data disk holds castellan's own disk
+// encryption and nothing else: one LUKS2 header (either copy) carrying
+// castellan's token, held by nothing but device-mapper (its open dm-crypt
+// mapping), not mounted itself, no partitions. Such a disk belongs to the
+// disk encryption phase, which checks that its token names this cluster and
+// node: neither "holds data" nor "in use by device-mapper" applies to it.
+func castellansOwn(d facts.Disk) bool {
+	if len(d.Signatures) != 1 || d.Signatures[0].Type != "luks2" || d.Signatures[0].Device != "" ||
+		d.Signatures[0].LUKS == nil || !d.Signatures[0].LUKS.Castellan || d.Mounted || len(d.Partitions) > 0 {
+		return false
+	}
+	for _, h := range d.Holders {
+		if !strings.HasPrefix(h, "dm-") {
+			return false
+		}
+	}
+	return true
+}

@@ -50,6 +50,7 @@ func checkDataDisks(n profile.Node, f facts.Node) []Problem {
 			errf("data disk %s is %s, which the node did not list among its disks: rerun, and report a bug if this persists", d.Device, dev.Disk)
 			continue
 		}
+		own := castellansOwn(disk) // checks.go: castellan's encrypted disk, perhaps open
 		switch {
 		case disk.ReadOnly:
 			errf("data disk %s is read-only: castellan must write its encryption header; make it writable or choose another", d.Device)
@@ -57,10 +58,10 @@ func checkDataDisks(n profile.Node, f facts.Node) []Problem {
 		case disk.Mounted:
 			errf("data disk %s is in use: %s; castellan never touches a disk in use: unmount it (and remove it from /etc/fstab) or choose another", d.Device, mountList(disk.Mounts))
 			continue
-		case len(disk.Holders) > 0:
+		case len(disk.Holders) > 0 && !own:
 			errf("data disk %s is in use by %s (device-mapper: LVM or dm-crypt; or md RAID, bcache): castellan never touches a disk in use; free it or choose another", d.Device, strings.Join(disk.Holders, ", "))
 			continue
-		case disk.Busy:
+		case disk.Busy && !own:
 			errf("data disk %s is in use: the kernel refuses to open it exclusively (mounted in another mount namespace, an active swap area, or held by device-mapper, md or bcache); castellan never touches a disk in use; free it or choose another", d.Device)
 			continue
 		case disk.SizeB < minDataDisk:
@@ -75,7 +76,7 @@ func checkDataDisks(n profile.Node, f facts.Node) []Problem {
 			}
 			continue
 		}
-		if what := diskContent(disk); what != "" {
+		if what := diskContent(disk); what != "" && !own {
 			if d.AllowFormat {
 				warnf("data disk %s holds %s; allowFormat is set on %s: disk encryption will format it and that data will be lost", d.Device, what, where)
 			} else {

@@ -121,9 +121,21 @@ func TestCheck(t *testing.T) {
 		{name: "data disk with partitions the kernel knows, table wiped", node: func(n *facts.Node) { n.Disks[1].Partitions = []string{"vdb1", "vdb2"} },
 			errors: []string{"data disk /dev/vdb holds partitions the kernel still knows (vdb1, vdb2): castellan never formats"}},
 		{name: "data disk holds LUKS2 with tokens", node: func(n *facts.Node) {
-			n.Disks[1].Signatures = []facts.Signature{{Type: "luks2", UUID: "u2", LUKS: &facts.LUKS{Version: 2, UUID: "u2", ChecksumOK: true, Keyslots: 2, TokenTypes: []string{"systemd-tpm2", "castellan"}, Castellan: true}}}
+			n.Disks[1].Signatures = []facts.Signature{{Type: "luks2", UUID: "u2", LUKS: &facts.LUKS{Version: 2, UUID: "u2", ChecksumOK: true, Keyslots: 2, TokenTypes: []string{"systemd-tpm2"}}}}
 		},
-			errors: []string{"data disk /dev/vdb holds a LUKS2 encryption header (UUID u2, 2 keyslot(s), tokens systemd-tpm2, castellan): castellan never formats"}},
+			errors: []string{"data disk /dev/vdb holds a LUKS2 encryption header (UUID u2, 2 keyslot(s), tokens systemd-tpm2): castellan never formats"}},
+		// castellansOwn (checks.go): castellan's encrypted disk, open or not, is the disk encryption phase's.
+		{name: "data disk is castellan's LUKS2, open", node: func(n *facts.Node) {
+			n.Disks[1].Signatures = []facts.Signature{{Type: "luks2", UUID: "u2", LUKS: &facts.LUKS{Version: 2, UUID: "u2", ChecksumOK: true, Keyslots: 2, TokenTypes: []string{"castellan", "systemd-tpm2"}, Castellan: true}}}
+			n.Disks[1].Holders, n.Disks[1].Busy = []string{"dm-0"}, true
+		}},
+		{name: "data disk is castellan's LUKS2, half written (secondary copy only)", node: func(n *facts.Node) {
+			n.Disks[1].Signatures = []facts.Signature{{Type: "luks2", Offset: 16384, LUKS: &facts.LUKS{Version: 2, HeaderOffset: 16384, ChecksumOK: true, Keyslots: 1, TokenTypes: []string{"castellan"}, Castellan: true}}}
+		}},
+		{name: "data disk is castellan's LUKS2 but held by md", node: func(n *facts.Node) {
+			n.Disks[1].Signatures = []facts.Signature{{Type: "luks2", LUKS: &facts.LUKS{Version: 2, ChecksumOK: true, TokenTypes: []string{"castellan"}, Castellan: true}}}
+			n.Disks[1].Holders = []string{"md0"}
+		}, errors: []string{"data disk /dev/vdb is in use by md0"}},
 		{name: "data disk holds LUKS2, primary wiped", node: func(n *facts.Node) {
 			n.Disks[1].Signatures = []facts.Signature{{Type: "luks2", Offset: 16384, LUKS: &facts.LUKS{Version: 2, HeaderOffset: 16384, ChecksumOK: true}}}
 		},
