@@ -215,7 +215,9 @@ func TestPlanDiskStates(t *testing.T) {
 		}, err: "data disk /dev/vdb is in use (/srv): castellan never touches a disk in use"},
 		{name: "busy", facts: func(f *facts.Node) { f.Disks[1].Busy = true }, err: "the kernel refuses to open it exclusively"},
 		{name: "missing", facts: func(f *facts.Node) { f.Devices[0] = facts.Device{Path: "/dev/vdb", Kind: facts.DeviceMissing} },
-			obs: func(o *DiskState) { *o = DiskState{Device: "/dev/vdb", Error: "resolving /dev/vdb: no such file or directory"} },
+			obs: func(o *DiskState) {
+				*o = DiskState{Device: "/dev/vdb", Error: "resolving /dev/vdb: no such file or directory"}
+			},
 			err: "data disk /dev/vdb does not exist: attach it, or fix spec.nodes[server-1].dataDisks[0]; nothing was changed"},
 		{name: "a partition", facts: func(f *facts.Node) {
 			f.Devices[0] = facts.Device{Path: "/dev/vdb", Kind: facts.DevicePartition, Disk: "vda", Partition: 2}
@@ -267,7 +269,7 @@ func TestPlanDiskStates(t *testing.T) {
 			o.Header.Primary = CopyMissing
 			o.Mapping, o.MountPoint = nil, MountPointState{}
 		}, facts: func(f *facts.Node) { f.Disks[1].Holders, f.Disks[1].Busy = nil, false },
-			store: func(s *enginetest.MemStore) { s.Secrets[Name+"/"+headerSecret("server-1", tUUID)] = realHeader(t) },
+			store:   func(s *enginetest.MemStore) { s.Secrets[Name+"/"+headerSecret("server-1", tUUID)] = realHeader(t) },
 			actions: []string{ActionWriteHeader, ActionSetup}},
 		{name: "castellan's LUKS, header damaged, nothing escrowed", done: true, obs: func(o *DiskState) {
 			o.Header.Primary, o.Header.Problem = CopyDamaged, "primary: checksum mismatch"
