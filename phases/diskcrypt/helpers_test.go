@@ -3,6 +3,7 @@ package diskcrypt
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,7 +83,7 @@ var testPBKDF = &PBKDF{MemoryKiB: 8192, Iterations: 4}
 // Root/dev.
 func testNode(t testing.TB, tpm *swtpm) *Node {
 	t.Helper()
-	needCommands(t, "cryptsetup", "systemd-cryptenroll", "wipefs", "mkfs.ext4")
+	needCommands(t, "cryptsetup", "systemd-cryptenroll", "wipefs", "mkfs.ext4", "blkid", "mkswap")
 	root := t.TempDir()
 	for _, d := range []string{"etc", "run", "dev", "proc/self", "sys/block"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
@@ -160,3 +161,5 @@ func fileDigest(t testing.TB, p string) string {
 	}
 	return sha(b)
 }
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }

@@ -639,7 +639,7 @@ type SetupResult struct {
 //	open         /dev/mapper/castellan-UUID exists: systemd-cryptsetup@ started,
 //	             the same unit, with the TPM, as at boot
 //	mkfs         the opened disk holds ext4 with the token's filesystem UUID;
-//	             mkfs.ext4 without -F, stdin closed: it refuses any filesystem there
+//	             mkfs.ext4 runs only where blkid --probe finds nothing
 //	mount-point  the mount point exists, is empty, and is immutable while
 //	             nothing is mounted on it (nothing writes plaintext beneath it)
 //	fstab        the disk's /etc/fstab line (FstabLine)
@@ -703,8 +703,19 @@ func (n *Node) Setup(ctx context.Context, in SetupRequest) (SetupResult, error) 
 	switch fsUUID {
 	case in.Filesystem.UUID:
 	case "":
-		// Without -F and with stdin closed, mke2fs refuses a device holding
-		// a filesystem it recognises (it would ask "Proceed anyway?").
+		// mke2fs overwrites whatever is there when it does not run on a
+		// terminal, so ask libblkid (blkid --probe: exit status 2 when it
+		// finds nothing) first: a fresh LUKS volume reads as noise, and
+		// anything recognisable in it is not castellan's to overwrite.
+		out, err := n.Run.Run(ctx, Cmd{Argv: []string{"blkid", "--probe", "--output", "export", mapper}})
+		var ce *CommandError
+		switch {
+		case err == nil:
+			return res, fmt.Errorf("%s: the opened disk already holds something castellan did not make (blkid: %s): left as it is", StepMkfs, strings.Join(strings.Fields(string(out)), " "))
+		case errors.As(err, &ce) && ce.ExitCode() == 2:
+		default:
+			return res, fmt.Errorf("%s: %w", StepMkfs, err)
+		}
 		if _, err := n.run(ctx, StepMkfs, Cmd{Argv: []string{"mkfs.ext4", "-q", "-U", in.Filesystem.UUID, "-L", "castellan", mapper}}); err != nil {
 			return res, err
 		}

@@ -68,3 +68,20 @@ func newUUID() (string, error) {
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
 }
+
+// LogValue keeps the passphrase out of structured logs (slog would encode
+// the struct as JSON, passphrase included).
+func (r PrepareRequest) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("uuid", r.UUID), slog.Any("pcrs", r.PCRs), slog.String("passphrase", redacted))
+}
+
+// LogValue keeps the passphrase out of structured logs.
+func (r EnrolRequest) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("device", r.Device), slog.String("uuid", r.UUID), slog.Any("pcrs", r.PCRs), slog.String("passphrase", redacted))
+}
+
+// LogValue keeps the passphrases out of structured logs.
+func (r RotateRequest) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("device", r.Device), slog.String("uuid", r.UUID), slog.Int("generation", r.Generation),
+		slog.String("current", redacted), slog.String("new", redacted))
+}
