@@ -132,7 +132,7 @@ type planCase struct {
 
 // planWith plans the phase through the engine against a FakeNodes node
 // answering the observation fixture.
-func planWith(t *testing.T, c planCase) (engine.Plan, error, int) {
+func planWith(t *testing.T, c planCase) (engine.Plan, int, error) {
 	t.Helper()
 	p, err := profile.Parse("t.yaml", []byte(planProfile))
 	if err != nil {
@@ -177,10 +177,10 @@ func planWith(t *testing.T, c planCase) (engine.Plan, error, int) {
 	plans, err := e.PlanAll(context.Background(), s, e.Phases)
 	for _, pl := range plans {
 		if pl.Phase == Name {
-			return pl, err, observed
+			return pl, observed, err
 		}
 	}
-	return engine.Plan{}, err, observed
+	return engine.Plan{}, observed, err
 }
 
 // TestPlanDiskStates is the plan of every state a data disk can be in.
@@ -310,7 +310,7 @@ func TestPlanDiskStates(t *testing.T) {
 	var golden strings.Builder
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			plan, err, observed := planWith(t, c)
+			plan, observed, err := planWith(t, c)
 			fmt.Fprintf(&golden, "== %s\n", c.name)
 			for _, ch := range plan.Changes {
 				fmt.Fprintf(&golden, "%s %s %s: %s\n", ch.Node, ch.Action, ch.Target, ch.Summary)
