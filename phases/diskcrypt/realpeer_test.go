@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -288,4 +289,49 @@ func TestEnrolAndRotateWithAWrongPassphraseChangeNothing(t *testing.T) {
 func execOutput(argv ...string) (string, error) {
 	out, err := exec.Command(argv[0], argv[1:]...).Output()
 	return string(out), err
+}
+
+// TestLoopDevice runs Observe and Write on a real block device (a loop
+// device): its size comes from BLKGETSIZE64, and Write opens it with O_EXCL,
+// so a disk held by anyone else is refused by the kernel before a byte is
+// written.
+func TestLoopDevice(t *testing.T) {
+	needCommands(t, "losetup")
+	n := testNode(t, startSwtpm(t, ""))
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 48<<20); err != nil {
+		t.Fatal(err)
+	}
+	loop := strings.TrimSpace(run(t, "", "losetup", "--find", "--show", img))
+	t.Cleanup(func() { _ = exec.Command("losetup", "--detach", loop).Run() })
+	if err := os.Symlink(loop, filepath.Join(n.Root, "dev/vdb")); err != nil {
+		t.Fatal(err)
+	}
+	obs, err := n.Observe(ctxT(t), ObserveRequest{Disks: []DiskRequest{{Device: "/dev/vdb"}}})
+	if err != nil || obs.Disks[0].Error != "" || obs.Disks[0].SizeB != 48<<20 || obs.Disks[0].Kernel != filepath.Base(loop) {
+		t.Fatalf("observation %+v %v", obs.Disks, err)
+	}
+	req, area := prepareFor(t, n, "/dev/vdb", []int{7})
+
+	held, err := os.OpenFile(loop, os.O_RDONLY|syscall.O_EXCL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = n.Write(ctxT(t), WriteRequest{Device: "/dev/vdb", UUID: req.UUID, Header: area.Header, Content: obs.Disks[0].Content})
+	held.Close()
+	if err == nil || !strings.Contains(err.Error(), "opening /dev/vdb exclusively") {
+		t.Fatalf("Write on a held disk = %v", err)
+	}
+	if h := readImg(t, img); h != nil {
+		t.Fatalf("a held disk was written: %+v", h)
+	}
+	if _, err := n.Write(ctxT(t), WriteRequest{Device: "/dev/vdb", UUID: req.UUID, Header: area.Header, Content: obs.Disks[0].Content}); err != nil {
+		t.Fatal(err)
+	}
+	if !opens(t, loop, req.Passphrase) {
+		t.Error("the recovery passphrase does not open the loop device")
+	}
 }
