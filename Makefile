@@ -18,7 +18,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # Debian packages the tests' real peers and tools need.
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
-	swtpm swtpm-tools
+	swtpm swtpm-tools systemd libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0 libtss2-tcti-swtpm0
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -45,6 +45,8 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
+	for f in FuzzReadHeader FuzzDecodeToken FuzzEnsureLine FuzzParseMountinfo; do \
+		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/diskcrypt; done
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck

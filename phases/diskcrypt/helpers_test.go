@@ -42,6 +42,9 @@ type swtpm struct {
 func startSwtpm(t testing.TB, state string) *swtpm {
 	t.Helper()
 	needCommands(t, "swtpm")
+	if libs, _ := filepath.Glob("/usr/lib/*/libtss2-tcti-swtpm.so.0"); len(libs) == 0 {
+		testenv.Missing(t, "tpm2-tss's swtpm TCTI is missing, through which systemd-cryptenroll reaches a software TPM (Debian: libtss2-tcti-swtpm0 libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0; make test-deps)")
+	}
 	if state == "" {
 		state = t.TempDir()
 	}
