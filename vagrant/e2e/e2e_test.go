@@ -148,9 +148,10 @@ func TestLab(t *testing.T) {
 	for _, n := range l.p.Spec.Nodes {
 		nodes = append(nodes, n.Name)
 	}
-	// Start from nodes castellan has never touched (the lab may be reused).
+	// Start from nodes castellan has never touched (the lab may be reused):
+	// resetDiskEncryption (diskcrypt_test.go) also blanks the data disk.
 	for _, n := range nodes {
-		l.on(t, n, "rm", "-rf", "/var/lib/castellan")
+		resetDiskEncryption(t, l, n)
 	}
 	sum := sha256File(t, l.bin)
 	agentPath := "/var/lib/castellan/bin/castellan-" + sum[:16]
