@@ -3,6 +3,7 @@ package installer
 import (
 	"castellan/installer/agent"
 	"castellan/installer/engine"
+	"castellan/phases/identity"
 	"castellan/phases/preflight"
 )
 
@@ -12,6 +13,7 @@ import (
 func Phases() []engine.Phase {
 	return []engine.Phase{
 		preflight.Phase{},
+		identity.Phase{},
 	}
 }
 

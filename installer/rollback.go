@@ -66,6 +66,9 @@ func (r *Rollback) Prepare(ctx context.Context, plan bool) (*Pending, error) {
 	if err := old.Validate(profile.ValidateOptions{AcceptNewHostKeys: r.AcceptNewHostKeys}); err != nil {
 		return nil, inputErr(fmt.Errorf("the profile of run %d is not valid here: %w", n, err))
 	}
+	if err := checkProfile(old); err != nil {
+		return nil, inputErr(fmt.Errorf("the profile of run %d is not valid here: %w", n, err))
+	}
 	if old.Resolve(old.Spec.State.Repo) != dir {
 		return nil, inputErr(fmt.Errorf("run %d used the state repo %s, the current profile %s; roll back from a profile that uses the same state repo", n, old.Resolve(old.Spec.State.Repo), dir))
 	}

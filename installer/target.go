@@ -19,7 +19,24 @@ func LoadProfile(path string, acceptNewHostKeys bool) (*profile.Profile, error) 
 		return nil, inputErr(errors.New("no profile: give one with -f PROFILE (castellan profile init writes a starter)"))
 	}
 	p, err := profile.Load(path, profile.ValidateOptions{AcceptNewHostKeys: acceptNewHostKeys})
-	return p, inputErr(err)
+	if err != nil {
+		return nil, inputErr(err)
+	}
+	return p, inputErr(checkProfile(p))
+}
+
+// checkProfile runs the checks of the profile that phases make themselves
+// (engine.ProfileChecker), before anything is touched.
+func checkProfile(p *profile.Profile) error {
+	var errs []error
+	for _, ph := range Phases() {
+		if c, ok := ph.(engine.ProfileChecker); ok {
+			if err := c.CheckProfile(p); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", p.File, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // target is what a verb acts on: a profile, the nodes and phases selected.
@@ -29,6 +46,8 @@ type target struct {
 	nodes   []profile.Node
 	eng     *engine.Engine
 	phases  []engine.Phase
+	// inputs are what the command line asked of phases (engine.Inputs).
+	inputs engine.Inputs
 }
 
 // newTarget selects nodes and phases (nil: all; an empty selection is an
@@ -175,6 +194,7 @@ func (t *target) session(id string, access engine.NodeAccess, store engine.Store
 	return engine.NewSession(engine.SessionConfig{
 		ID: id, Profile: t.profile, Nodes: t.nodes, Access: access, Store: store,
 		Sink: t.cfg.sink(), Logger: t.cfg.logger(), Parallelism: t.cfg.Parallelism, Interrupt: t.cfg.Interrupt,
+		Inputs: t.inputs,
 	})
 }
 
