@@ -18,7 +18,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # Debian packages the tests' real peers and tools need.
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin \
-	swtpm swtpm-tools
+	swtpm swtpm-tools tpm2-tools
 
 .PHONY: build
 build: ## the static castellan binary in bin/
