@@ -56,7 +56,7 @@ bench: test-deps ## benchmarks: plan time, SSH connect, preflight vs Ansible (pr
 	vagrant/scripts/ensure-packages.sh ansible
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh ./installer
-	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench Enrolment -benchtime 5x ./phases/identity
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench 'Enrolment|Phase' -benchtime 5x ./phases/identity
 
 .PHONY: schema
 schema: ## regenerate profiles/cluster.schema.json from the Go types

@@ -13,6 +13,7 @@ import (
 	"castellan/installer/agent"
 	"castellan/installer/engine"
 	"castellan/installer/ssh/sshtest"
+	"castellan/phases/identity"
 )
 
 // BenchmarkPreflightVsAnsible measures a no-op preflight (the agent is in
@@ -29,7 +30,7 @@ func BenchmarkPreflightVsAnsible(b *testing.B) {
 	}
 	for _, n := range []int{1, 10, 50} {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
-			lab := sshtest.New(b, sshtest.Options{Nodes: n, HostKeyTypes: []string{sshtest.Ed25519}, PrivateDirs: []string{agent.BinDir}})
+			lab := sshtest.New(b, sshtest.Options{Nodes: n, HostKeyTypes: []string{sshtest.Ed25519}, PrivateDirs: []string{agent.BinDir, identity.DefaultDir}})
 			prof := testCluster(b, lab, "", "")
 			bin := buildCastellan(b)
 			// Ship the agent once: what follows is the no-op rerun.

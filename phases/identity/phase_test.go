@@ -35,7 +35,7 @@ import (
 
 // swtpmCluster is a cluster of fake-transport nodes backed by swtpm.
 type swtpmCluster struct {
-	t     *testing.T
+	t     testing.TB
 	ca    *swtpmtest.LocalCA
 	nodes *enginetest.FakeNodes
 	store *enginetest.MemStore
@@ -53,7 +53,7 @@ type nodeTPM struct {
 	dir string
 }
 
-func newSWTPMCluster(t *testing.T) *swtpmCluster {
+func newSWTPMCluster(t testing.TB) *swtpmCluster {
 	return &swtpmCluster{t: t, ca: swtpmtest.NewLocalCA(t), nodes: enginetest.NewFakeNodes(Phase{}.Ops()...),
 		store: enginetest.NewMemStore(), dir: t.TempDir(), tpms: map[string]*nodeTPM{}}
 }
