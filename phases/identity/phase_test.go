@@ -179,14 +179,6 @@ func (r *run) changes() []string {
 	return out
 }
 
-func (r *run) applied() []engine.Change {
-	var out []engine.Change
-	for _, p := range r.res.Phases {
-		out = append(out, p.Changes...)
-	}
-	return out
-}
-
 func (r *run) enrolment(t *testing.T, node string) nodeid.Enrolment {
 	t.Helper()
 	raw, ok := r.session.Outputs()[nodeid.EnrolmentKey.String()][node]
