@@ -340,7 +340,13 @@ func (ph Phase) planNode(ctx context.Context, v *engine.View, node string, st *s
 			summary = fmt.Sprintf("enrol (%s): create an attestation key and a node key in the TPM, prove them (credential activation against the EK, TPM2_Certify over a fresh nonce), issue a certificate; no EK CA certificates are listed, so confirm that this node's TPM endorsement key is %s: it is pinned from now on", d.Reason, d.EKHash)
 		}
 		if rec != nil && rec.Protection == pki.SoftwareKey && !software {
-			summary = fmt.Sprintf("enrol the TPM the node now has (EK %s): a TPM-resident key replaces the software key, whose certificate is revoked", d.EKHash)
+			// The software key goes: a plaintext key of a revoked
+			// certificate must not stay on the node.
+			data.Reset = true
+			summary = fmt.Sprintf("enrol the TPM the node now has (EK %s): a TPM-resident key replaces the software key, which is removed from the node and whose certificate is revoked", d.EKHash)
+			if !ekCA {
+				summary += "; confirm that this node's TPM endorsement key is " + d.EKHash
+			}
 		} else if rec != nil {
 			summary += fmt.Sprintf("; its old certificate (serial %s) is revoked", rec.CertSerial)
 		}
@@ -484,9 +490,12 @@ func (a *applier) enrol(ctx context.Context, node string, c engine.Change) error
 	}
 	cluster := r.Profile().Metadata.Name
 	if d.Reset {
-		res, err := engine.Call(ctx, r, node, OpReset, ResetRequest{Reason: "explicit re-enrolment"})
+		res, err := engine.Call(ctx, r, node, OpReset, ResetRequest{Reason: string(c.Action) + ": the old identity is replaced"})
 		if err != nil {
 			return fmt.Errorf("removing the old identity: %w", err)
+		}
+		if len(res.Removed) > 4 {
+			return fmt.Errorf("removing the old identity: the node answered %d removed files, castellan keeps 4", len(res.Removed))
 		}
 		r.Info(node, "removed the old identity from the node (%s)", strings.Join(res.Removed, ", "))
 	}

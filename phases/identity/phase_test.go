@@ -599,6 +599,39 @@ func TestTPMRequired(t *testing.T) {
 	}
 }
 
+// TestSoftwareKeyUpgradedToTPM: an insecure-skip node that got a software
+// key and later has a TPM is enrolled with the TPM; the software key leaves
+// the node and its certificate is revoked.
+func TestSoftwareKeyUpgradedToTPM(t *testing.T) {
+	c := newSWTPMCluster(t)
+	c.attach("n1", nil, "")
+	prof := c.profile("{tpm: insecure-skip}", "n1")
+	if r := c.apply(Phase{}, prof, nil, engine.Inputs{}, true); r.res.Outcome != engine.OutcomeOK || r.enrolment(t, "n1").Protection != pki.SoftwareKey {
+		t.Fatalf("software enrolment: %v %+v", r.planErr, r.res)
+	}
+	soft := c.installed(t, "n1")
+	rg := newRig(t, c.ca)
+	c.attach("n1", rg, "")
+	r := c.apply(Phase{}, prof, nil, engine.Inputs{}, true)
+	if got, want := r.changes(), []string{"n1 enrol ek " + ekHashOf(t, rg), "publish-crl crl"}; r.planErr != nil || !slices.Equal(got, want) {
+		t.Fatalf("plan %q (%v), want %q", got, r.planErr, want)
+	}
+	if r.res.Outcome != engine.OutcomeOK || r.enrolment(t, "n1").Protection != pki.TPMResident {
+		t.Fatalf("upgrade: %+v", r.res)
+	}
+	if _, err := os.Stat(filepath.Join(c.tpm("n1").dir, SoftwareKeyFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the software key is still on the node: %v", err)
+	}
+	v := c.trust(t)
+	if _, err := v.VerifyNode(soft, x509.ExtKeyUsageClientAuth); !errors.Is(err, pki.ErrRevoked) {
+		t.Fatalf("the software key's certificate: %v", err)
+	}
+	if _, err := v.VerifyNode(c.installed(t, "n1"), x509.ExtKeyUsageClientAuth); err != nil {
+		t.Fatalf("the TPM key's certificate: %v", err)
+	}
+	checkDir(t, c.tpm("n1").dir)
+}
+
 // TestCheckProfile: EK CA files that hold no certificate are bad input,
 // named by their field.
 func TestCheckProfile(t *testing.T) {
