@@ -1,6 +1,7 @@
 package installer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -18,25 +19,8 @@ func LoadProfile(path string, acceptNewHostKeys bool) (*profile.Profile, error) 
 	if path == "" {
 		return nil, inputErr(errors.New("no profile: give one with -f PROFILE (castellan profile init writes a starter)"))
 	}
-	p, err := profile.Load(path, profile.ValidateOptions{AcceptNewHostKeys: acceptNewHostKeys})
-	if err != nil {
-		return nil, inputErr(err)
-	}
-	return p, inputErr(checkProfile(p))
-}
-
-// checkProfile runs the checks of the profile that phases make themselves
-// (engine.ProfileChecker), before anything is touched.
-func checkProfile(p *profile.Profile) error {
-	var errs []error
-	for _, ph := range Phases() {
-		if c, ok := ph.(engine.ProfileChecker); ok {
-			if err := c.CheckProfile(p); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", p.File, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
+	p, err := profile.LoadContext(context.Background(), path, profile.ValidateOptions{AcceptNewHostKeys: acceptNewHostKeys})
+	return p, inputErr(err)
 }
 
 // target is what a verb acts on: a profile, the nodes and phases selected.

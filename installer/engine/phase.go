@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"castellan/installer/agent"
-	"castellan/installer/profile"
 )
 
 // Phase is one step of an install, e.g. preflight or mesh. A phase package
@@ -148,13 +147,4 @@ func (p Plan) Summary() string {
 		return fmt.Sprintf("%d change(s) on %d node(s)", len(p.Changes), n)
 	}
 	return fmt.Sprintf("%d change(s)", len(p.Changes))
-}
-
-// ProfileChecker is implemented by a phase that checks parts of the profile
-// only it understands, e.g. that files the profile names hold what the
-// phase needs. The application layer calls it whenever it loads a profile,
-// before connecting to any node, so bad input is refused before anything is
-// touched. Errors name the profile field.
-type ProfileChecker interface {
-	CheckProfile(p *profile.Profile) error
 }

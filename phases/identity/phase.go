@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"castellan/installer/agent"
 	"castellan/installer/engine"
+	"castellan/installer/localfile"
 	"castellan/installer/nodeid"
 	"castellan/installer/pki"
 	"castellan/installer/profile"
@@ -88,15 +88,11 @@ func (Phase) Observe(*engine.View, string) ([]agent.Request, error) {
 	return []agent.Request{r}, err
 }
 
-// CheckProfile implements engine.ProfileChecker: the files named by
-// spec.identity.ekCACertificates must hold PEM certificates.
-func (Phase) CheckProfile(p *profile.Profile) error {
-	_, err := profileEKRoots(p)
-	return err
-}
-
-// profileEKRoots reads spec.identity.ekCACertificates; nil when none are listed.
-func profileEKRoots(p *profile.Profile) (*x509.CertPool, error) {
+// profileEKRoots reads spec.identity.ekCACertificates (nil when none are
+// listed) as the profile's validation checked them: the CERTIFICATE blocks
+// of each PEM file. Errors carry the field's file:line:column (a file that
+// changed since the profile was loaded).
+func profileEKRoots(ctx context.Context, p *profile.Profile) (*x509.CertPool, error) {
 	files := p.Spec.Identity.EKCACertificates
 	if len(files) == 0 {
 		return nil, nil
@@ -105,9 +101,9 @@ func profileEKRoots(p *profile.Profile) (*x509.CertPool, error) {
 	for i, f := range files {
 		field := fmt.Sprintf("spec.identity.ekCACertificates[%d]", i)
 		path := p.Resolve(f)
-		data, err := os.ReadFile(path)
+		data, err := localfile.Read(ctx, path, profile.MaxCertificateFileSize)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", field, err)
+			return nil, p.Errorf(field, "cannot read certificate file %v", err)
 		}
 		n := 0
 		for rest := data; ; {
@@ -117,17 +113,17 @@ func profileEKRoots(p *profile.Profile) (*x509.CertPool, error) {
 				break
 			}
 			if b.Type != "CERTIFICATE" {
-				return nil, fmt.Errorf("%s: %s holds a PEM block %q; list files of PEM CERTIFICATE blocks (the TPM vendors' EK CA certificates)", field, path, b.Type)
+				continue
 			}
 			c, err := x509.ParseCertificate(b.Bytes)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %s: certificate %d: %w", field, path, n+1, err)
+				return nil, p.Errorf(field, "%s: certificate %d does not parse: %v", path, n+1, err)
 			}
 			pool.AddCert(c)
 			n++
 		}
 		if n == 0 {
-			return nil, fmt.Errorf("%s: %s holds no PEM CERTIFICATE block; list the TPM vendors' EK CA certificates in PEM", field, path)
+			return nil, p.Errorf(field, "%s holds no PEM certificate", path)
 		}
 	}
 	return pool, nil
@@ -167,7 +163,7 @@ func (ph Phase) Plan(ctx context.Context, v *engine.View) (engine.Plan, error) {
 	var plan engine.Plan
 	prof := v.Profile()
 	now := ph.now()
-	roots, err := profileEKRoots(prof)
+	roots, err := profileEKRoots(ctx, prof)
 	if err != nil {
 		return plan, err
 	}
@@ -395,7 +391,7 @@ func sortedKeys[V any](m map[string]V) []string {
 func (ph Phase) Apply(ctx context.Context, r *engine.Run, p engine.Plan) error {
 	now := ph.now()
 	prof := r.Profile()
-	roots, err := profileEKRoots(prof)
+	roots, err := profileEKRoots(ctx, prof)
 	if err != nil {
 		return err
 	}

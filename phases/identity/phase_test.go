@@ -632,34 +632,18 @@ func TestSoftwareKeyUpgradedToTPM(t *testing.T) {
 	checkDir(t, c.tpm("n1").dir)
 }
 
-// TestCheckProfile: EK CA files that hold no certificate are bad input,
-// named by their field.
-func TestCheckProfile(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
+// TestEKCAFileChangedSinceValidation: the profile's validation checks the
+// EK CA files; one that changed since is refused by the plan, at its field.
+func TestEKCAFileChangedSinceValidation(t *testing.T) {
+	c := newSWTPMCluster(t)
+	c.attach("n1", nil, "")
+	if err := os.WriteFile(filepath.Join(c.dir, "ek-ca.pem"), []byte("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	write("empty.pem", "")
-	write("key.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-	write("bad.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-	for file, want := range map[string]string{
-		"empty.pem":   "spec.identity.ekCACertificates[0]: " + filepath.Join(dir, "empty.pem") + " holds no PEM CERTIFICATE",
-		"key.pem":     `holds a PEM block "PRIVATE KEY"`,
-		"bad.pem":     "certificate 1",
-		"missing.pem": "no such file",
-	} {
-		p, err := profile.Parse("c.yaml", []byte("apiVersion: castellan/v1alpha1\nkind: Cluster\nmetadata: {name: lab}\nspec:\n  ssh: {user: root, keyFile: k, knownHosts: kh}\n  nodes: [{name: n1, address: 10.0.0.1, role: server}]\n  identity: {ekCACertificates: ["+file+"]}\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Dir = dir
-		if err := (Phase{}).CheckProfile(p); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%s: %v, want %q", file, err, want)
-		}
+	r := c.apply(Phase{}, c.profile("{ekCACertificates: [ek-ca.pem]}", "n1"), nil, engine.Inputs{}, true)
+	if r.planErr == nil || !strings.Contains(r.planErr.Error(), "spec.identity.ekCACertificates[0]") || !strings.Contains(r.planErr.Error(), "holds no PEM certificate") {
+		t.Fatalf("plan: %v", r.planErr)
 	}
 }
 
-var _ engine.ProfileChecker = Phase{}
 var _ engine.Observer = Phase{}
