@@ -156,7 +156,7 @@ func wgDiff(dev *wgtypes.Device, key wgtypes.Key, c DeviceConfig) (wgtypes.Confi
 		idx := slices.IndexFunc(dev.Peers, func(x wgtypes.Peer) bool { return x.PublicKey == k })
 		if idx >= 0 {
 			have := dev.Peers[idx]
-			if have.Endpoint != nil && have.Endpoint.AddrPort() == p.Endpoint && have.PersistentKeepaliveInterval == keepalive && sameIPNets(have.AllowedIPs, allowed) {
+			if have.Endpoint != nil && unmapPort(have.Endpoint.AddrPort()) == unmapPort(p.Endpoint) && have.PersistentKeepaliveInterval == keepalive && sameIPNets(have.AllowedIPs, allowed) {
 				continue
 			}
 		}
@@ -174,12 +174,20 @@ func ipNet(p netip.Prefix) net.IPNet {
 	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
+// unmapPort turns an IPv4-mapped IPv6 endpoint (how the kernel and
+// wireguard-go may report an IPv4 one) into the IPv4 one.
+func unmapPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
 func sameIPNets(a, b []net.IPNet) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i := range a {
-		if a[i].String() != b[i].String() {
+		pa, oka := prefixOf(&a[i])
+		pb, okb := prefixOf(&b[i])
+		if !oka || !okb || pa != pb {
 			return false
 		}
 	}
