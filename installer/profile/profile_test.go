@@ -157,7 +157,7 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "mesh ssh source not a CIDR",
 			body: validProfile + "  mesh:\n    sshFrom: [192.0.2.0/24, 192.0.2.1/24]\n",
-			want: `cluster.yaml:18:33: spec.mesh.sshFrom[1]: expected an address or CIDR such as 192.0.2.10 or 192.0.2.0/24, got "192.0.2.1/24"`,
+			want: `cluster.yaml:18:29: spec.mesh.sshFrom[1]: expected an address or CIDR such as 192.0.2.10 or 192.0.2.0/24, got "192.0.2.1/24"`,
 		},
 		{
 			name: "mesh rotation time",
