@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 	"testing"
+
+	"castellan/installer/agent"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -33,6 +36,19 @@ func TestMain(m *testing.M) {
 		defer stop()
 		g, err := (&Node{Root: root}).RunGuard(ctx, req)
 		fmt.Fprintf(os.Stderr, "guard %s ended: %s %s %v\n", req.Token, g.State, g.RevertReason, err)
+		os.Exit(0)
+	}
+	if root := os.Getenv("MESH_TEST_AGENT_ROOT"); root != "" {
+		// A node's agent: `castellan agent OP` for a node rooted at root.
+		exe, _ := os.Executable()
+		n := &Node{Root: root, GuardCommand: []string{exe}, GuardEnv: []string{"MESH_TEST_AGENT_ROOT=", "MESH_TEST_GUARD_ROOT=" + root}}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		err := agent.NewRegistry(n.Handlers()...).Serve(ctx, os.Args[1], os.Stdin, os.Stdout, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 		os.Exit(0)
 	}
 	if name := os.Getenv("MESH_TEST_WG"); name != "" {

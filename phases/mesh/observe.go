@@ -37,7 +37,10 @@ func (n *Node) Observe(_ context.Context, req ObserveRequest) (Observation, erro
 		o.Device = d
 	}
 	o.Files = map[string]string{}
-	for _, p := range []string{NetdevFile, NetworkFile, FirewallFile, FirewallUnit, FirewallUnitLink} {
+	if target, err := os.Readlink(n.path(FirewallUnitLink)); err == nil {
+		o.Files[FirewallUnitLink] = linkHash(target)
+	}
+	for _, p := range []string{NetdevFile, NetworkFile, FirewallFile, FirewallUnit} {
 		h, err := n.fileHash(p)
 		if err != nil {
 			problem("%s: %v", p, err)
@@ -167,3 +170,6 @@ func (n *Node) readGuard() (*GuardState, error) {
 	}
 	return &g, nil
 }
+
+// linkHash stands for a symbolic link to target in Observation.Files.
+func linkHash(target string) string { return hashBytes([]byte("symlink\x00" + target)) }

@@ -19,15 +19,17 @@ const MaxProbeTargets = 1024
 
 // Probe sends ICMP echo requests (RFC 792, RFC 4443) to each target, over
 // whatever route the node has to it (for mesh addresses: the mesh device),
-// and reports which answered. Each target gets up to three echoes within
-// the timeout. It needs a raw ICMP socket (root, as the agent is).
+// and reports which answered. Each target gets one echo a second until one
+// is answered or the timeout passes (default 12 s: longer than WireGuard's
+// 5 s handshake retry, so a handshake packet lost while firewalls change is
+// retried within it). It needs a raw ICMP socket (root, as the agent is).
 func (n *Node) Probe(ctx context.Context, req ProbeRequest) (ProbeResponse, error) {
 	if len(req.Targets) > MaxProbeTargets {
 		return ProbeResponse{}, fmt.Errorf("%d targets, at most %d", len(req.Targets), MaxProbeTargets)
 	}
 	timeout := time.Duration(req.TimeoutMillis) * time.Millisecond
 	if timeout <= 0 {
-		timeout = 3 * time.Second
+		timeout = 12 * time.Second
 	}
 	res := ProbeResponse{Results: make([]ProbeResult, len(req.Targets))}
 	done := make(chan struct{}, len(req.Targets))
@@ -79,8 +81,8 @@ func (n *Node) ping(ctx context.Context, target netip.Addr, timeout time.Duratio
 	id := os.Getpid() & 0xffff
 	dst := &net.IPAddr{IP: target.AsSlice()}
 	buf := make([]byte, 1500)
-	for attempt := 0; attempt < 3 && time.Now().Before(deadline); attempt++ {
-		msg := icmp.Message{Type: echoType, Body: &icmp.Echo{ID: id, Seq: int(seq)<<2 | attempt, Data: []byte("castellan mesh probe")}}
+	for attempt := 0; attempt < 256 && time.Now().Before(deadline); attempt++ {
+		msg := icmp.Message{Type: echoType, Body: &icmp.Echo{ID: id, Seq: int(seq)<<8 | attempt, Data: []byte("castellan mesh probe")}}
 		wb, err := msg.Marshal(nil)
 		if err != nil {
 			return 0, err
@@ -89,7 +91,7 @@ func (n *Node) ping(ctx context.Context, target netip.Addr, timeout time.Duratio
 		if _, err := c.WriteTo(wb, dst); err != nil {
 			return 0, fmt.Errorf("sending echo: %w", err)
 		}
-		wait := start.Add(timeout / 3)
+		wait := start.Add(time.Second)
 		if wait.After(deadline) {
 			wait = deadline
 		}
@@ -105,7 +107,7 @@ func (n *Node) ping(ctx context.Context, target netip.Addr, timeout time.Duratio
 			}
 			echo, ok := rm.Body.(*icmp.Echo)
 			pa, _ := netip.ParseAddr(peer.String())
-			if ok && echo.ID == id && echo.Seq == int(seq)<<2|attempt && pa.Unmap() == target {
+			if ok && echo.ID == id && echo.Seq&0xff == attempt && pa.Unmap() == target {
 				return time.Since(start), nil
 			}
 		}

@@ -99,13 +99,19 @@ func parseHexAddrPort(s string, v6 bool) (netip.AddrPort, error) {
 }
 
 // sshSession finds the TCP connection the agent was started through: it
-// walks up from pid through its parents (sudo, the shell, sshd's session
-// process) to the first one holding an established TCP socket, and looks the
-// socket up in that process's /proc/PID/net/tcp{,6}. It returns the zero
-// Session when no ancestor holds one (the agent does not run under sshd).
+// walks up from pid through its parents (the launcher, sudo, the shell) to
+// the first sshd process (command name sshd, or sshd-session since OpenSSH
+// 9.8) holding an established TCP socket, and looks the socket up in that
+// process's /proc/PID/net/tcp{,6}. It returns the zero Session when no
+// ancestor is such an sshd (the agent does not run under sshd): other
+// processes' sockets are never taken for the installer's.
 func sshSession(proc string, pid int) (Session, error) {
 	for depth := 0; pid > 1 && depth < 64; depth++ {
-		inodes := socketInodes(filepath.Join(proc, strconv.Itoa(pid), "fd"))
+		comm, _ := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "comm"))
+		var inodes map[uint64]bool
+		if c := strings.TrimSpace(string(comm)); c == "sshd" || c == "sshd-session" {
+			inodes = socketInodes(filepath.Join(proc, strconv.Itoa(pid), "fd"))
+		}
 		if len(inodes) > 0 {
 			for _, name := range []string{"tcp", "tcp6"} {
 				data, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "net", name))
