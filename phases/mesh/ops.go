@@ -65,13 +65,29 @@ func Ops() []agent.Handler {
 // what a test's agent process serves for a node rooted elsewhere.
 func (n *Node) Handlers() []agent.Handler {
 	return []agent.Handler{
-		agent.Op[ObserveRequest, Observation]{Name: OpObserve.Name, ReadOnly: true, Do: func(ctx context.Context, in ObserveRequest, _ *slog.Logger) (Observation, error) { return n.Observe(ctx, in) }},
-		agent.Op[KeyRequest, KeyResult]{Name: OpEnsureKey.Name, Do: func(ctx context.Context, in KeyRequest, _ *slog.Logger) (KeyResult, error) { return n.EnsureKey(ctx, in) }},
-		agent.Op[DeviceConfig, ConfigureResult]{Name: OpConfigure.Name, Do: func(ctx context.Context, in DeviceConfig, _ *slog.Logger) (ConfigureResult, error) { return n.Configure(ctx, in) }},
-		agent.Op[FirewallRequest, FirewallResult]{Name: OpFirewall.Name, Do: func(ctx context.Context, in FirewallRequest, _ *slog.Logger) (FirewallResult, error) { return n.ApplyFirewall(ctx, in) }},
-		agent.Op[ConfirmRequest, ConfirmResult]{Name: OpConfirm.Name, Do: func(ctx context.Context, in ConfirmRequest, _ *slog.Logger) (ConfirmResult, error) { return n.Confirm(ctx, in) }},
-		agent.Op[ConfirmRequest, ConfirmResult]{Name: OpRevert.Name, Do: func(ctx context.Context, in ConfirmRequest, _ *slog.Logger) (ConfirmResult, error) { return n.Revert(ctx, in) }},
-		agent.Op[GuardRequest, GuardState]{Name: OpGuard.Name, Do: func(ctx context.Context, in GuardRequest, _ *slog.Logger) (GuardState, error) { return n.RunGuard(ctx, in) }},
-		agent.Op[ProbeRequest, ProbeResponse]{Name: OpProbe.Name, ReadOnly: true, Do: func(ctx context.Context, in ProbeRequest, _ *slog.Logger) (ProbeResponse, error) { return n.Probe(ctx, in) }},
+		agent.Op[ObserveRequest, Observation]{Name: OpObserve.Name, ReadOnly: true, Do: func(ctx context.Context, in ObserveRequest, _ *slog.Logger) (Observation, error) {
+			return n.Observe(ctx, in)
+		}},
+		agent.Op[KeyRequest, KeyResult]{Name: OpEnsureKey.Name, Do: func(ctx context.Context, in KeyRequest, _ *slog.Logger) (KeyResult, error) {
+			return n.EnsureKey(ctx, in)
+		}},
+		agent.Op[DeviceConfig, ConfigureResult]{Name: OpConfigure.Name, Do: func(ctx context.Context, in DeviceConfig, _ *slog.Logger) (ConfigureResult, error) {
+			return n.Configure(ctx, in)
+		}},
+		agent.Op[FirewallRequest, FirewallResult]{Name: OpFirewall.Name, Do: func(ctx context.Context, in FirewallRequest, _ *slog.Logger) (FirewallResult, error) {
+			return n.ApplyFirewall(ctx, in)
+		}},
+		agent.Op[ConfirmRequest, ConfirmResult]{Name: OpConfirm.Name, Do: func(ctx context.Context, in ConfirmRequest, _ *slog.Logger) (ConfirmResult, error) {
+			return n.Confirm(ctx, in)
+		}},
+		agent.Op[ConfirmRequest, ConfirmResult]{Name: OpRevert.Name, Do: func(ctx context.Context, in ConfirmRequest, _ *slog.Logger) (ConfirmResult, error) {
+			return n.Revert(ctx, in)
+		}},
+		agent.Op[GuardRequest, GuardState]{Name: OpGuard.Name, Do: func(ctx context.Context, in GuardRequest, _ *slog.Logger) (GuardState, error) {
+			return n.RunGuard(ctx, in)
+		}},
+		agent.Op[ProbeRequest, ProbeResponse]{Name: OpProbe.Name, ReadOnly: true, Do: func(ctx context.Context, in ProbeRequest, _ *slog.Logger) (ProbeResponse, error) {
+			return n.Probe(ctx, in)
+		}},
 	}
 }
