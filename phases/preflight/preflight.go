@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"castellan/installer/agent"
 	"castellan/installer/engine"
@@ -154,6 +155,14 @@ func gatherAndCheck(ctx context.Context, v *engine.View, c engine.Caller, node s
 	if err != nil {
 		return fmt.Errorf("gathering facts: %w", err)
 	}
+	// The clock offset needs T1, the installer's clock when the exec was
+	// sent (clock.go). The request does not carry it: the observation is
+	// keyed by the request, and a time in it would make the plan's request
+	// differ from the one observed. Until the engine records when each exec
+	// was sent, a response without T1 stays unmeasured.
+	if !f.Clock.InstallerSent.IsZero() {
+		measureClock(&f.Clock, f.Clock.InstallerSent, time.Since(f.Clock.InstallerSent))
+	}
 	if err := engine.Publish(v, facts.Key, node, f); err != nil {
 		return err
 	}
@@ -184,5 +193,5 @@ func tpmSummary(t facts.TPM) string {
 
 // request is the facts request for what r requires.
 func (r requirements) request() FactsRequest {
-	return FactsRequest{Ports: r.ports, SpacePaths: spacePaths}
+	return FactsRequest{Ports: r.ports, SpacePaths: spacePaths, Devices: r.devices}
 }
