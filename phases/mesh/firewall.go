@@ -155,7 +155,7 @@ type rule struct {
 	ctReply          bool // ct direction reply
 	ctRelated        bool // ct state related
 	family           byte // 0, unix.NFPROTO_IPV4 or unix.NFPROTO_IPV6
-	saddr, daddr     netip.Prefix
+	saddr            netip.Prefix
 	saddrSet         string
 	daddrSet         string
 	l4               byte // 0, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6
