@@ -18,7 +18,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # Debian packages the tests' real peers and tools need.
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
-	swtpm swtpm-tools tpm2-tools
+	swtpm swtpm-tools tpm2-tools nftables
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -45,6 +45,9 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzParseProcNetTCP$$' -fuzztime $(FUZZTIME) ./phases/mesh
+	go test -run '^$$' -fuzz '^FuzzObservation$$' -fuzztime $(FUZZTIME) ./phases/mesh
+	go test -run '^$$' -fuzz '^FuzzParseStored$$' -fuzztime $(FUZZTIME) ./phases/mesh
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck

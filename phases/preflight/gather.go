@@ -26,9 +26,6 @@ type FactsRequest struct {
 	// disks); whole disks among them are reported in Disks even where
 	// preflight would not list them (loop, md, dm).
 	Devices []string `json:"devices,omitempty"`
-	// Now is the installer's wall clock when it sent the request (T1 of the
-	// clock measurement, see clock.go); the node echoes it.
-	Now time.Time `json:"now,omitzero"`
 }
 
 // gatherer reads facts from a node's /proc, /sys, /dev and /etc under root
@@ -60,7 +57,7 @@ func Gather(req FactsRequest) facts.Node {
 
 func (g gatherer) gather(req FactsRequest) facts.Node {
 	var n facts.Node
-	n.Clock.InstallerSent, n.Clock.NodeReceived = req.Now, time.Now() // T2
+	n.Clock.NodeReceived = time.Now() // T2 (T1 and T4 are the installer's: the engine times the exec)
 	problem := func(format string, a ...any) { n.Problems = append(n.Problems, fmt.Sprintf(format, a...)) }
 	n.Hostname, _ = g.read("proc/sys/kernel/hostname")
 	n.Kernel, _ = g.read("proc/sys/kernel/osrelease")

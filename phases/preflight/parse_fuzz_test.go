@@ -306,7 +306,7 @@ func TestMeasureClock(t *testing.T) {
 // node side's stamps: the offset is within its bound of zero.
 func TestClockOverGather(t *testing.T) {
 	sent := time.Now()
-	f := gatherer{root: t.TempDir(), self: "proc/self"}.gather(FactsRequest{Now: sent})
+	f := gatherer{root: t.TempDir(), self: "proc/self"}.gather(FactsRequest{})
 	measureClock(&f.Clock, sent, time.Since(sent))
 	if !f.Clock.Measured || f.Clock.InstallerSent.IsZero() || f.Clock.Offset < -f.Clock.Bound-time.Millisecond || f.Clock.Offset > f.Clock.Bound+time.Millisecond {
 		t.Errorf("same machine: %+v", f.Clock)
