@@ -367,6 +367,12 @@ func apply(ctx, interrupt context.Context, o Options, p *profile.Profile, comman
 	rec.Duration = rec.Finished.Sub(rec.Started)
 	rec.Outcome, rec.Error, rec.Phases = res.Outcome, res.Error, res.Phases
 	rec.Facts = run.AllFacts()
+	// Host keys accepted as new are only trusted in memory until written
+	// (ssh.Pool.TrustHostKeys); this confirmed run writes them now.
+	if err := s.pool.TrustHostKeys(s.pool.PendingHostKeys()...); err != nil {
+		rec.Warnings = append(rec.Warnings, err.Error())
+		o.notice("warning: %v", err)
+	}
 	for _, k := range s.pool.AcceptedHostKeys() {
 		rec.AcceptedHostKeys = append(rec.AcceptedHostKeys, fmt.Sprintf("%s (%s) %s %s", k.Host, k.Addr, k.KeyType, k.Fingerprint))
 	}

@@ -146,7 +146,11 @@ func (h Host) String() string {
 }
 
 func (b *Bastion) host() Host {
-	return Host{Name: b.Name, Address: b.Address, Port: b.Port}
+	name := b.Name
+	if name == "" {
+		name = b.Address
+	}
+	return Host{Name: bastionLabel(name), Address: b.Address, Port: b.Port}
 }
 
 // withDefaults validates cfg and fills in defaults.

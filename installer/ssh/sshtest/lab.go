@@ -683,12 +683,14 @@ func Hosts(nodes []*Node) []castssh.Host {
 	return hs
 }
 
-// Config returns a castellan ssh.Config for this lab: User with its key,
-// a known_hosts file holding every node's keys, the lab dialer, the bastion
-// if there is one, and a logger writing to the test log.
+// Config returns a castellan ssh.Config for this lab: User with its key
+// and sudo allowed for privileged commands, a known_hosts file holding
+// every node's keys, the lab dialer, the bastion if there is one, and a
+// logger writing to the test log.
 func (l *Lab) Config() castssh.Config {
 	cfg := castssh.Config{
 		User:           l.User,
+		Sudo:           true,
 		KeyFiles:       []string{l.KeyFile},
 		KnownHostsFile: l.WriteKnownHosts(KnownHostsOptions{}),
 		Dial:           l.Dial,

@@ -50,6 +50,10 @@ type UserOptions struct {
 	// Root makes the user a root login: uid 0 and gid 0 under its own name
 	// (like BSD's toor). sshd then treats it as root (PermitRootLogin).
 	Root bool
+	// SudoLog makes sudo log every command the user runs through it (or
+	// tries to) to User.SudoLog (sudoers `logfile`), so that a test can
+	// tell whether sudo was invoked at all.
+	SudoLog bool
 }
 
 // User is a login user of the lab. It authenticates with Lab.KeyFile on
@@ -59,6 +63,9 @@ type User struct {
 	Home  string
 	Shell string
 	Root  bool
+	// SudoLog is the file sudo logs the user's commands to (with
+	// UserOptions.SudoLog), created empty.
+	SudoLog string
 }
 
 // AddUser creates a login user on the host (the nodes share the host's
@@ -112,16 +119,25 @@ func (l *Lab) AddUser(o UserOptions) *User {
 	if out, err := exec.Command("chown", "-R", name, home).CombinedOutput(); err != nil {
 		l.t.Fatalf("sshtest: chown: %v: %s", err, out)
 	}
-	if o.Sudo != SudoNone {
+	u := &User{Name: name, Home: home, Shell: o.Shell, Root: o.Root}
+	rules := o.Sudo.lines(name)
+	if o.SudoLog {
+		u.SudoLog = filepath.Join(l.Dir, "sudo-"+name+".log")
+		if err := os.WriteFile(u.SudoLog, nil, 0o600); err != nil {
+			l.t.Fatalf("sshtest: %v", err)
+		}
+		rules = fmt.Sprintf("Defaults:%s logfile=%s\n", name, u.SudoLog) + rules
+	}
+	if rules != "" {
 		l.mu.Lock()
-		l.sudoRules += o.Sudo.lines(name)
+		l.sudoRules += rules
 		rules := l.sudoRules
 		l.mu.Unlock()
 		if err := l.writeSudoers(rules); err != nil {
 			l.t.Fatalf("sshtest: %v", err)
 		}
 	}
-	return &User{Name: name, Home: home, Shell: o.Shell, Root: o.Root}
+	return u
 }
 
 // writeSudoers replaces the lab's sudoers drop-in with rules, checked by
