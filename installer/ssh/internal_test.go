@@ -2,12 +2,12 @@ package ssh
 
 import (
 	"bytes"
-	"fmt"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"

@@ -154,7 +154,10 @@ func TestSudoRequireTTY(t *testing.T) {
 	}
 	for _, err := range []error{
 		c.CheckLogin(testCtx(t), true),
-		func() error { _, err := c.Run(testCtx(t), castssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true}); return err }(),
+		func() error {
+			_, err := c.Run(testCtx(t), castssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true})
+			return err
+		}(),
 		c.Upload(testCtx(t), castssh.Upload{Src: strings.NewReader("x"), Dst: filepath.Join(lab.Dir, "x"), Sudo: true}),
 	} {
 		var se *castssh.SudoError
@@ -181,7 +184,10 @@ func TestSudoPasswordRequired(t *testing.T) {
 		t.Fatalf("id -un = %q", got)
 	}
 	for _, err := range []error{
-		func() error { _, err := c.Run(testCtx(t), castssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true}); return err }(),
+		func() error {
+			_, err := c.Run(testCtx(t), castssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true})
+			return err
+		}(),
 		c.Upload(testCtx(t), castssh.Upload{Src: strings.NewReader("x"), Dst: filepath.Join(lab.Dir, "x"), Sudo: true}),
 	} {
 		var se *castssh.SudoError
@@ -244,7 +250,10 @@ func TestSudoOff(t *testing.T) {
 	cfg.Sudo = false
 	c := connect(t, cfg, lab.Nodes[0].Host())
 	for _, err := range []error{
-		func() error { _, err := c.Run(testCtx(t), castssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true}); return err }(),
+		func() error {
+			_, err := c.Run(testCtx(t), castssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true})
+			return err
+		}(),
 		c.Upload(testCtx(t), castssh.Upload{Src: strings.NewReader("x"), Dst: filepath.Join(lab.Dir, "x"), Sudo: true}),
 		c.CheckLogin(testCtx(t), true),
 	} {
