@@ -15,9 +15,13 @@ STATICCHECK := $(CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 FUZZTIME    ?= 15s
 export CASTELLAN_CACHE := $(CACHE)
 
-# Debian packages the tests' real peers and tools need.
+# Debian packages the tests' real peers and tools need. The login shells are
+# the ones a node's user may have: remote commands must pass through each
+# unchanged (installer/ssh fails without them under CASTELLAN_REQUIRE_REAL_PEERS
+# or CI=true).
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux \
-	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin
+	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin \
+	zsh mksh ksh fish tcsh
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -37,6 +41,8 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
 	go test -run '^$$' -fuzz '^FuzzDetectSignature$$' -fuzztime $(FUZZTIME) ./phases/preflight
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzKnownHosts$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzMarkerFilter$$' -fuzztime $(FUZZTIME) ./installer/ssh
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck

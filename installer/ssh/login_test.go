@@ -52,7 +52,7 @@ func TestNoisyLoginShells(t *testing.T) {
 	for _, sh := range noisyShells {
 		t.Run(filepath.Base(sh.shell), func(t *testing.T) {
 			if _, err := os.Stat(sh.shell); err != nil {
-				if os.Getenv(sshtest.RequireEnv) == "1" || os.Getenv("CI") == "true" {
+				if sshtest.Required() {
 					t.Fatalf("%s missing (make test-deps installs it)", sh.shell)
 				}
 				t.Skipf("%s missing", sh.shell)

@@ -36,7 +36,7 @@
 //
 // It needs root and Debian's openssh-server, sudo and iproute2. When they
 // are missing, tests are skipped, or fail when CASTELLAN_REQUIRE_REAL_PEERS=1
-// (as `make test` sets it).
+// (as `make test` sets it) or CI=true.
 package sshtest
 
 import (
@@ -91,16 +91,22 @@ func sftpServer() string {
 	return ""
 }
 
-// Require skips the test (or fails it when CASTELLAN_REQUIRE_REAL_PEERS=1)
-// if real peers cannot run here.
+// Required reports whether a missing real peer must fail a test rather
+// than skip it: CASTELLAN_REQUIRE_REAL_PEERS=1 (`make test`) or CI=true.
+func Required() bool {
+	return os.Getenv(RequireEnv) == "1" || os.Getenv("CI") == "true"
+}
+
+// Require skips the test (or fails it when Required) if real peers cannot
+// run here.
 func Require(t testing.TB) {
 	t.Helper()
 	m := Missing()
 	if m == "" {
 		return
 	}
-	if os.Getenv(RequireEnv) == "1" {
-		t.Fatalf("%s (%s=1 makes this a failure)", m, RequireEnv)
+	if Required() {
+		t.Fatalf("%s (%s=1 or CI=true makes this a failure)", m, RequireEnv)
 	}
 	t.Skip(m)
 }
