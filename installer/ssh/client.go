@@ -315,7 +315,7 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 		go func() {
 			select {
 			case <-via.dead:
-				c.markDead(fmt.Errorf("the connection to bastion %s was lost: %w", via.name, via.deathCause()))
+				c.markDead(fmt.Errorf("the connection to %s was lost: %w", bastionLabel(via.name), via.deathCause()))
 			case <-c.dead:
 			}
 		}()

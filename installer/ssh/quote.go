@@ -107,13 +107,16 @@ func encodeArg(s string) string {
 //	nosudobin  not root, and no sudo on the node
 //
 // MODE: u (run as the login user) or p (as root: directly when the login
-// user is uid 0, else through sudo -n); n: sudo is not allowed; d: the
+// user's effective uid is 0, read from /proc/$$/status with shell builtins
+// rather than an exec of id(1), else through sudo -n); n: sudo is not
+// allowed; d: the
 // arguments are spelled by encodeArg and decoded first. INNER is the
 // script sudo runs (innerScript).
 const wrapperScript = `m=$1 o=$2 i=$3; shift 3; ` +
 	`case $o in *d*) for a do shift; case $a in x*) a=${a#x};; *) a=$(printf %bx "${a#y}"); a=${a%x};; esac; set -- "$@" "$a"; done;; esac; ` +
 	`case $o in p*) ;; *) echo "$m ok $SHELL"; echo "$m ok" >&2; exec "$@";; esac; ` +
-	`if [ "$(id -u)" = 0 ]; then echo "$m ok $SHELL"; echo "$m ok" >&2; exec "$@"; fi; ` +
+	`u=; while read -r k r e x; do if [ "$k" = Uid: ]; then u=$e; break; fi; done 2>/dev/null </proc/$$/status; [ -n "$u" ] || u=$(id -u); ` +
+	`if [ "$u" = 0 ]; then echo "$m ok $SHELL"; echo "$m ok" >&2; exec "$@"; fi; ` +
 	`case $o in *n*) echo "$m nosudo $SHELL"; exit 126;; esac; ` +
 	`command -v sudo >/dev/null 2>&1 || { echo "$m nosudobin $SHELL"; exit 127; }; ` +
 	`echo "$m sudo $SHELL"; exec sudo -n -- /bin/sh -c "$i" "$m" "$@"`
