@@ -28,8 +28,8 @@ type AcceptedKey struct {
 	Line           string // the known_hosts line that trusts it (hashed when the file is)
 	KnownHostsFile string
 	At             time.Time // when it was first seen
-	key            ssh.PublicKey
-	name           string // known_hosts lookup name
+	keyBlob        string    // the key in SSH wire format (a string keeps AcceptedKey comparable)
+	name           string    // known_hosts lookup name
 }
 
 // hostKeyChecker verifies host keys against one known_hosts file, accepts
@@ -223,7 +223,7 @@ func (k *hostKeyChecker) check(hostName, addr string, key ssh.PublicKey) (*Accep
 		}
 	}
 	if p := k.pending[name]; p != nil {
-		if keysEqual(p.key, plainKey) {
+		if p.keyBlob == string(plainKey.Marshal()) {
 			return nil, nil
 		}
 		he.Changed, he.Pinned = true, true
@@ -245,7 +245,7 @@ func (k *hostKeyChecker) check(hostName, addr string, key ssh.PublicKey) (*Accep
 	ak := &AcceptedKey{
 		Host: hostName, Addr: addr, KeyType: plainKey.Type(), Fingerprint: he.Fingerprint,
 		Line: knownHostsLine(name, plainKey, hashed), KnownHostsFile: k.file, At: time.Now().UTC(),
-		key: plainKey, name: name,
+		keyBlob: string(plainKey.Marshal()), name: name,
 	}
 	k.pending[name] = ak
 	k.order = append(k.order, name)
@@ -392,7 +392,7 @@ func (k *hostKeyChecker) trust(keys []AcceptedKey) error {
 			if e.Marker != "" {
 				continue
 			}
-			if keysEqual(e.Key, p.key) {
+			if string(e.Key.Marshal()) == p.keyBlob {
 				have = true
 			} else {
 				other = append(other, e)
