@@ -21,7 +21,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # or CI=true).
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin \
-	zsh mksh ksh fish tcsh
+	swtpm swtpm-tools zsh mksh ksh fish tcsh
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -43,6 +43,12 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
 	go test -run '^$$' -fuzz '^FuzzKnownHosts$$' -fuzztime $(FUZZTIME) ./installer/ssh
 	go test -run '^$$' -fuzz '^FuzzMarkerFilter$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzDecodeResponse$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzClean$$' -fuzztime $(FUZZTIME) ./installer/report
+	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck
@@ -58,6 +64,7 @@ bench: test-deps ## benchmarks: plan time, SSH connect, preflight vs Ansible (pr
 	vagrant/scripts/ensure-packages.sh ansible
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh ./installer
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench Enrolment -benchtime 5x ./phases/identity
 
 .PHONY: schema
 schema: ## regenerate profiles/cluster.schema.json from the Go types

@@ -1,7 +1,14 @@
 // Package facts holds what preflight observes on a node. The types travel
 // from the node's agent to the installer as JSON, are shared with later
-// phases through the run, and are written into each run's record.
+// phases through the run (Key), and are written into each run's record.
 package facts
+
+import "castellan/installer/engine"
+
+// Key is the output under which the preflight phase publishes each node's
+// facts; later phases read it with engine.Lookup. It is recorded in the run
+// record.
+var Key = engine.NewKey[Node]("preflight", "facts", true)
 
 // Node is everything preflight learned about one node.
 type Node struct {

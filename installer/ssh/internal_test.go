@@ -15,20 +15,18 @@ import (
 	"strings"
 	"testing"
 
+	"castellan/installer/testenv"
+
 	"github.com/skeema/knownhosts"
 	"golang.org/x/crypto/ssh"
 	xknownhosts "golang.org/x/crypto/ssh/knownhosts"
 )
 
 // loginShells are the login shells a node's user may have: the remote
-// command line must pass through each unchanged. With
-// CASTELLAN_REQUIRE_REAL_PEERS=1 or CI=true a missing one fails the test
-// (`make test-deps` installs them).
+// command line must pass through each unchanged. When real peers are
+// required (testenv: CASTELLAN_REQUIRE_REAL_PEERS=1 or CI=true) a missing
+// one fails the test (`make test-deps` installs them).
 var loginShells = []string{"/bin/sh", "/bin/dash", "/bin/bash", "/bin/zsh", "/bin/ksh", "/bin/mksh", "/usr/bin/fish", "/bin/tcsh", "/bin/csh"}
-
-func requireRealPeers() bool {
-	return os.Getenv("CASTELLAN_REQUIRE_REAL_PEERS") == "1" || os.Getenv("CI") == "true"
-}
 
 func shells(t testing.TB) []string {
 	var out, missing []string
@@ -41,7 +39,7 @@ func shells(t testing.TB) []string {
 	}
 	if len(missing) > 0 {
 		msg := fmt.Sprintf("login shells missing: %s (make test-deps installs them)", strings.Join(missing, " "))
-		if requireRealPeers() {
+		if testenv.Required() {
 			t.Fatal(msg)
 		}
 		t.Log(msg)

@@ -10,6 +10,7 @@ import (
 
 	castssh "castellan/installer/ssh"
 	"castellan/installer/ssh/sshtest"
+	"castellan/installer/testenv"
 )
 
 // assertMessage checks the shape every error of the transport has: "ssh: "
@@ -52,10 +53,7 @@ func TestNoisyLoginShells(t *testing.T) {
 	for _, sh := range noisyShells {
 		t.Run(filepath.Base(sh.shell), func(t *testing.T) {
 			if _, err := os.Stat(sh.shell); err != nil {
-				if sshtest.Required() {
-					t.Fatalf("%s missing (make test-deps installs it)", sh.shell)
-				}
-				t.Skipf("%s missing", sh.shell)
+				testenv.Missing(t, "%s missing (make test-deps installs it)", sh.shell)
 			}
 			u := lab.AddUser(sshtest.UserOptions{Shell: sh.shell, Sudo: sshtest.SudoNopasswd,
 				Files: map[string]string{sh.file: "echo hi\necho 'rc says hello' > /dev/stderr\n"}})

@@ -152,6 +152,14 @@ func secretPath(name string) (string, error) {
 	return filepath.Join(secretsDir, filepath.FromSlash(name)+".age"), nil
 }
 
+// dataPath is where a phase's data lives in the repo.
+func dataPath(name string) (string, error) {
+	if !secretName.MatchString(name) || strings.Contains(name, "..") {
+		return "", fmt.Errorf("invalid state data name %q: use lowercase letters, digits, '.', '_', '-' and '/'", name)
+	}
+	return filepath.Join(dataDir, filepath.FromSlash(name)), nil
+}
+
 func (k *Keys) encrypt(plain []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	w, err := age.Encrypt(&buf, k.Recipients...)

@@ -36,10 +36,12 @@
 //
 // It needs root and Debian's openssh-server, sudo and iproute2. When they
 // are missing, tests are skipped, or fail when CASTELLAN_REQUIRE_REAL_PEERS=1
-// (as `make test` sets it) or CI=true.
+// (as `make test` sets it).
 package sshtest
 
 import (
+	"castellan/installer/testenv"
+
 	"fmt"
 	"os"
 	"os/exec"
@@ -49,7 +51,7 @@ import (
 
 // RequireEnv is the environment variable that turns a missing prerequisite
 // from a skip into a failure.
-const RequireEnv = "CASTELLAN_REQUIRE_REAL_PEERS"
+const RequireEnv = testenv.RequireEnv
 
 // SftpServerPaths are the places sftp-server is looked for.
 var sftpServerPaths = []string{
@@ -91,22 +93,13 @@ func sftpServer() string {
 	return ""
 }
 
-// Required reports whether a missing real peer must fail a test rather
-// than skip it: CASTELLAN_REQUIRE_REAL_PEERS=1 (`make test`) or CI=true.
-func Required() bool {
-	return os.Getenv(RequireEnv) == "1" || os.Getenv("CI") == "true"
-}
-
-// Require skips the test (or fails it when Required) if real peers cannot
-// run here.
+// Require skips the test (or fails it when CASTELLAN_REQUIRE_REAL_PEERS=1)
+// if real peers cannot run here.
 func Require(t testing.TB) {
 	t.Helper()
 	m := Missing()
 	if m == "" {
 		return
 	}
-	if Required() {
-		t.Fatalf("%s (%s=1 or CI=true makes this a failure)", m, RequireEnv)
-	}
-	t.Skip(m)
+	testenv.Missing(t, "%s", m)
 }

@@ -9,29 +9,28 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"castellan/installer"
 	"castellan/installer/engine"
-	"castellan/installer/profile"
 	"castellan/installer/report"
 )
 
-// app holds what every command shares: standard streams and the contexts.
+// app holds what every command shares: standard streams, the contexts, and
+// the flags common to several commands.
 type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	ctx, interrupt context.Context
 
-	// common flags
-	profile       string
-	output        string
 	logLevel      string
-	identityFile  string
+	profile       onceString
+	output        onceString
+	identityFile  onceString
 	acceptNewKeys bool
 	agentBinaries []string
 }
@@ -58,6 +57,33 @@ func args(check cobra.PositionalArgs) cobra.PositionalArgs {
 		return nil
 	}
 }
+
+// onceString is a string flag that may be given once: a repeated flag (-f A
+// -f B) is an error instead of silently keeping the last.
+type onceString struct {
+	value string
+	set   bool
+	def   string
+}
+
+func (o *onceString) String() string {
+	if !o.set {
+		return o.def
+	}
+	return o.value
+}
+
+func (o *onceString) Set(v string) error {
+	if o.set {
+		return fmt.Errorf("given twice (%q and %q): give it once", o.value, v)
+	}
+	o.value, o.set = v, true
+	return nil
+}
+
+func (o *onceString) Type() string { return "string" }
+
+var _ pflag.Value = (*onceString)(nil)
 
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
@@ -99,12 +125,6 @@ func (a *app) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: a.level()}))
 }
 
-// agentLogger logs JSON on stderr; when an operation fails, its tail is in
-// the error the installer reports.
-func (a *app) agentLogger() *slog.Logger {
-	return slog.New(slog.NewJSONHandler(a.stderr, &slog.HandlerOptions{Level: a.level()}))
-}
-
 func (a *app) level() slog.Level {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
@@ -114,35 +134,65 @@ func (a *app) level() slog.Level {
 }
 
 func (a *app) profileFlag(cmd *cobra.Command) {
-	cmd.Flags().StringVarP(&a.profile, "file", "f", "", "the cluster profile (YAML)")
+	cmd.Flags().VarP(&a.profile, "file", "f", "the cluster profile (YAML)")
 }
 
-// connectFlags are the flags of commands that change nodes.
-func (a *app) connectFlags(cmd *cobra.Command) {
-	cmd.Flags().BoolVar(&a.acceptNewKeys, "accept-new-host-keys", false, "record host keys of nodes known_hosts does not know yet (never changed ones); they are committed to the state repo")
-	a.agentFlags(cmd)
+func (a *app) outputFlag(cmd *cobra.Command, what string) {
+	a.output.def = "text"
+	cmd.Flags().VarP(&a.output, "output", "o", "output: text, or json ("+what+")")
 }
 
-// agentFlags are the flags of every command that talks to nodes (plan too).
+// agentFlags are the flags of every command that talks to nodes.
 func (a *app) agentFlags(cmd *cobra.Command) {
 	cmd.Flags().StringArrayVar(&a.agentBinaries, "agent-binary", nil, "castellan binary to ship to nodes of another architecture (repeatable)")
-	cmd.Flags().StringVar(&a.identityFile, "identity", "", "age identity file for the state repo's secrets (default $CASTELLAN_AGE_IDENTITY or ~/.config/castellan/age-identity.txt)")
+	cmd.Flags().Var(&a.identityFile, "identity", "age identity file for the state repo's secrets (default $CASTELLAN_AGE_IDENTITY or ~/.config/castellan/age-identity.txt)")
 }
 
-func (a *app) options(sink engine.Sink) installer.Options {
-	return installer.Options{
-		ProfilePath:       a.profile,
-		AcceptNewHostKeys: a.acceptNewKeys,
-		AgentBinaries:     a.agentBinaries,
-		IdentityFile:      a.identityFile,
-		Sink:              sink,
-		Logger:            a.logger(),
-		Notice:            a.stderr,
+// selection returns a --only/--nodes value for the installer: nil when the
+// flag was not given (everything), the list otherwise (an empty one is an
+// error the installer reports).
+func selection(cmd *cobra.Command, name string, v []string) []string {
+	if !cmd.Flags().Changed(name) {
+		return nil
 	}
+	if v == nil {
+		return []string{}
+	}
+	return v
+}
+
+// config is the shared configuration injected into every verb.
+func (a *app) config(sink engine.Sink) (*installer.Config, error) {
+	if p := a.identityFile.value; p != "" {
+		if fi, err := os.Stat(p); err == nil && !fi.Mode().IsRegular() {
+			return nil, usageError{fmt.Errorf("--identity %s is not a regular file: give the age identity file", p)}
+		} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, usageError{fmt.Errorf("--identity %s: %w", p, err)}
+		}
+	}
+	return &installer.Config{
+		Sink:          sink,
+		Logger:        a.logger(),
+		Notice:        noticeWriter{a.stderr},
+		AgentBinaries: a.agentBinaries,
+		IdentityFile:  a.identityFile.value,
+		Interrupt:     a.interrupt,
+	}, nil
+}
+
+// noticeWriter escapes what it passes on: notices may quote paths and
+// values from the profile.
+type noticeWriter struct{ w io.Writer }
+
+func (n noticeWriter) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(n.w, report.Clean(string(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func (a *app) format() (report.Format, error) {
-	f, err := report.ParseFormat(a.output)
+	f, err := report.ParseFormat(a.output.String())
 	if err != nil {
 		return "", usageError{err}
 	}
@@ -154,68 +204,22 @@ func isTerminal(r io.Reader) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-func (a *app) applyCommand() *cobra.Command {
-	var yes bool
-	var only, nodes []string
-	cmd := &cobra.Command{
-		Use:   "apply -f PROFILE",
-		Short: "Bring the nodes to the profile (and commit the run to the state repo)",
-		Long: `apply plans each phase against the nodes and applies the changes, phase by
-phase. A phase with nothing to change is skipped, so a rerun of an applied
-profile changes nothing. Every run, failed ones too, is one commit in the
-state repo. Without --yes, apply shows the plan and asks first (in a terminal).
-Ctrl-C stops between steps; a second Ctrl-C aborts the running ones.`,
-		Args: args(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			format, err := a.format()
-			if err != nil {
-				return err
-			}
-			p, err := installer.Load(a.options(nil))
-			if err != nil {
-				return err
-			}
-			if !yes && !isTerminal(a.stdin) {
-				return usageError{errors.New("refusing to change nodes without confirmation: not a terminal; review `castellan plan` and pass --yes")}
-			}
-			printer := report.NewPrinter(a.stdout, format, nodeNames(p.Spec.Nodes, nodes))
-			o := a.options(printer)
-			o.Profile, o.Only, o.Nodes = p, only, nodes
-			if !yes {
-				o.Confirm = a.confirm
-			}
-			res, err := installer.Apply(a.ctx, a.interrupt, o)
-			return a.finish(format, res, err)
-		},
+// confirm shows a prepared run's plan and asks. A plan that failed is not
+// asked about: Apply then records it as a failed run.
+func (a *app) confirm(p *installer.Pending) (bool, error) {
+	var failed []string
+	var pe *engine.PlanError
+	for _, err := range unwrapAll(p.Err()) {
+		if errors.As(err, &pe) {
+			failed = append(failed, pe.Phase)
+		}
 	}
-	a.profileFlag(cmd)
-	a.connectFlags(cmd)
-	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "apply without asking")
-	cmd.Flags().StringVarP(&a.output, "output", "o", "text", "output: text, or json (one event per line)")
-	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these phases (comma-separated or repeated)")
-	cmd.Flags().StringSliceVar(&nodes, "nodes", nil, "act only on these nodes")
-	_ = cmd.MarkFlagRequired("file")
-	_ = cmd.RegisterFlagCompletionFunc("only", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-		return phaseNames(), cobra.ShellCompDirectiveNoFileComp
-	})
-	return cmd
-}
-
-func phaseNames() []string {
-	var out []string
-	for _, p := range installer.Phases() {
-		out = append(out, p.Name())
+	report.WritePlan(a.stdout, p.Plans(), failed...)
+	if p.Err() != nil {
+		fmt.Fprintln(a.stdout, "Nothing will be applied; the failed plan is recorded in the state repo.")
+		return true, nil
 	}
-	return out
-}
-
-func (a *app) confirm(plans []engine.Plan) (bool, error) {
-	report.WritePlan(a.stdout, plans)
-	changes := 0
-	for _, p := range plans {
-		changes += len(p.Changes)
-	}
-	if changes == 0 {
+	if p.Changes() == 0 {
 		return true, nil
 	}
 	fmt.Fprint(a.stdout, "Apply these changes? [y/N] ")
@@ -227,6 +231,33 @@ func (a *app) confirm(plans []engine.Plan) (bool, error) {
 	return ans == "y" || ans == "yes", nil
 }
 
+func unwrapAll(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// runPending asks (unless yes) and runs a prepared run, then prints its
+// summary.
+func (a *app) runPending(format report.Format, p *installer.Pending, yes bool) error {
+	if !yes {
+		ok, err := a.confirm(p)
+		if err != nil || !ok {
+			p.Close()
+			if err == nil {
+				err = installer.ErrAborted
+			}
+			return err
+		}
+	}
+	res, err := p.Apply(a.ctx)
+	return a.finish(format, res, err)
+}
+
 // finish prints a run's summary and maps its outcome to an error.
 func (a *app) finish(format report.Format, res *installer.Result, err error) error {
 	if res == nil {
@@ -235,24 +266,14 @@ func (a *app) finish(format report.Format, res *installer.Result, err error) err
 	if format == report.JSON {
 		data, jerr := json.Marshal(map[string]any{"result": res.Record, "commit": res.Commit, "stateDir": res.StateDir})
 		if jerr == nil {
-			fmt.Fprintf(a.stdout, "%s\n", data)
+			fmt.Fprintf(a.stdout, "%s\n", report.EscapeJSON(data))
 		}
 	} else {
 		report.WriteSummary(a.stdout, res.Record, res.StateDir, res.Commit)
 	}
-	if err != nil {
+	var re *installer.RunError
+	if errors.As(err, &re) {
 		return errAlreadyReported
 	}
-	return nil
-}
-
-// nodeNames are the names of the nodes a run targets (all when only is empty).
-func nodeNames(nodes []profile.Node, only []string) []string {
-	var out []string
-	for _, n := range nodes {
-		if len(only) == 0 || slices.Contains(only, n.Name) {
-			out = append(out, n.Name)
-		}
-	}
-	return out
+	return err
 }
