@@ -9,6 +9,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Stages the wrapper reports (see wrapperScript).
@@ -38,7 +39,8 @@ const maxStageLine = 4 << 10
 // keeps (bounded) what came before: the login environment's output. The
 // stage lines before it are recorded, not kept as noise.
 type markerFilter struct {
-	prefix  []byte // "MARK "
+	mu      sync.Mutex // Write runs in the session's copy goroutine
+	prefix  []byte     // "MARK "
 	out     io.Writer
 	passing bool
 	pending []byte
@@ -60,6 +62,8 @@ func (f *markerFilter) addNoise(b []byte) {
 }
 
 func (f *markerFilter) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.passing {
 		return f.out.Write(p)
 	}
@@ -105,10 +109,20 @@ func (f *markerFilter) Write(p []byte) (int, error) {
 
 // finish treats what is left unmatched as noise.
 func (f *markerFilter) finish() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if !f.passing && len(f.pending) > 0 {
 		f.addNoise(f.pending)
 		f.pending = nil
 	}
+}
+
+// state is a snapshot: whether the command started, the last stage, the
+// login shell, and the noise kept and counted.
+func (f *markerFilter) state() (started bool, stage, shell string, noise []byte, n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.passing, f.lastStage(), f.shell, bytes.Clone(f.noise), f.nNoise
 }
 
 func (f *markerFilter) lastStage() string {
@@ -134,7 +148,7 @@ func newMarkerReader(marker string, r io.Reader) *markerReader {
 
 func (m *markerReader) Read(p []byte) (int, error) {
 	for m.buf.Len() == 0 {
-		if m.f.passing {
+		if started, _, _, _, _ := m.f.state(); started {
 			return m.r.Read(p)
 		}
 		chunk := make([]byte, 32<<10)
@@ -207,12 +221,10 @@ func (n *LoginNoise) Warning() string {
 
 // noiseOf builds the LoginNoise of one call, or nil when there was none.
 func noiseOf(host, user string, out, errf *markerFilter) *LoginNoise {
-	if out.nNoise+errf.nNoise == 0 {
+	_, _, shell, outNoise, nOut := out.state()
+	_, _, _, errNoise, nErr := errf.state()
+	if nOut+nErr == 0 {
 		return nil
 	}
-	return &LoginNoise{
-		Host: host, User: user, Shell: out.shell,
-		Stdout: bytes.Clone(out.noise), Stderr: bytes.Clone(errf.noise),
-		Bytes: out.nNoise + errf.nNoise,
-	}
+	return &LoginNoise{Host: host, User: user, Shell: shell, Stdout: outNoise, Stderr: errNoise, Bytes: nOut + nErr}
 }

@@ -242,9 +242,8 @@ func (c *Client) run(ctx context.Context, line, marker, shown string, stdin io.R
 	res.Duration = time.Since(start)
 	outF.finish()
 	errF.finish()
-	res.started = outF.passing
-	res.stage = outF.lastStage()
-	res.stdoutNoise, res.stderrNoise = outF.noise, errF.noise
+	res.started, res.stage, _, res.stdoutNoise, _ = outF.state()
+	_, _, _, res.stderrNoise, _ = errF.state()
 	res.LoginNoise = noiseOf(c.name, c.user, outF, errF)
 	c.noteNoise(res.LoginNoise)
 	if stdout == nil {

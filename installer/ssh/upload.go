@@ -143,8 +143,9 @@ func (c *Client) openSFTP(ctx context.Context, privileged bool, op string) (*sft
 	out.f.finish()
 	errF.finish()
 	c.noteNoise(noiseOf(c.name, c.user, out.f, errF))
-	if !out.f.passing {
-		rr := runResult{stage: out.f.lastStage(), stdoutNoise: out.f.noise, stderrNoise: errF.noise}
+	if started, stage, _, outNoise, _ := out.f.state(); !started {
+		rr := runResult{stage: stage, stdoutNoise: outNoise}
+		_, _, _, rr.stderrNoise, _ = errF.state()
 		rr.ExitCode = code
 		return nil, nil, c.notStarted(ctx, rr, op)
 	}
