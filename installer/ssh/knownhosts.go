@@ -2,18 +2,20 @@ package ssh
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
+	"time"
+
+	"castellan/installer/localfile"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -65,14 +67,15 @@ func (w KnownHostsWarning) String() string {
 
 // ReadKnownHosts reads and parses the known_hosts file at path. It returns
 // the entries, one warning per line that cannot be parsed (which is
-// skipped), and an error (a *KnownHostsFileError, wrapping os.ErrNotExist
-// when the file is missing) when the file as a whole cannot be used: it is
-// missing, a directory, a FIFO or device (never opened in a way that could
-// block), larger than MaxKnownHostsSize, unreadable, or not a known_hosts
-// file at all (binary data, or not one line parses; Line then names the
-// first offending line).
+// skipped), and an error (a *KnownHostsFileError, wrapping fs.ErrNotExist
+// when the file is missing, localfile.ErrNotRegular or ErrTooLarge) when the
+// file as a whole cannot be used: it is missing, a directory, a FIFO or
+// device (refused without blocking), larger than MaxKnownHostsSize,
+// unreadable or too slow to read (30 s), or not a known_hosts file at all
+// (binary data, or not one line parses; Line then names the first
+// offending line).
 func ReadKnownHosts(path string) (*KnownHosts, []KnownHostsWarning, error) {
-	data, err := readRegularFile(path, MaxKnownHostsSize)
+	data, err := readUserFile(path, MaxKnownHostsSize)
 	if err != nil {
 		return nil, nil, &KnownHostsFileError{Path: path, Op: "read", Err: err}
 	}
@@ -336,49 +339,23 @@ func hashHostname(name string) string {
 	return "|1|" + base64.StdEncoding.EncodeToString(salt) + "|" + base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
-// readRegularFile reads the file at path, which must be a regular file of
-// at most max bytes. It never blocks on a FIFO or a device: the file is
-// checked before and after opening it without blocking.
-func readRegularFile(path string, max int64) ([]byte, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkRegular(st, max); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err = f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if err := checkRegular(st, max); err != nil {
-		return nil, err
-	}
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > max {
-		return nil, fmt.Errorf("larger than %d bytes", max)
-	}
-	return data, nil
-}
+// fileTimeout bounds the reading of a file a user named (a hung network
+// file system must not hang castellan).
+const fileTimeout = 30 * time.Second
 
-func checkRegular(st os.FileInfo, max int64) error {
-	switch m := st.Mode(); {
-	case m.IsDir():
-		return errors.New("is a directory, not a file")
-	case !m.IsRegular():
-		return fmt.Errorf("is not a regular file (%s)", fileKind(m))
-	case st.Size() > max:
-		return fmt.Errorf("is %d bytes, larger than the %d allowed", st.Size(), max)
+// readUserFile reads a file a user named with localfile: a regular file
+// only (a FIFO, device or directory is refused without blocking), at most
+// max bytes, within fileTimeout. Its errors carry the reason without the
+// path (the callers' messages name it).
+func readUserFile(path string, max int64) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), fileTimeout)
+	defer cancel()
+	data, err := localfile.Read(ctx, path, max)
+	var le *localfile.Error
+	if errors.As(err, &le) {
+		return nil, le.Err
 	}
-	return nil
+	return data, err
 }
 
 func fileKind(m os.FileMode) string {
