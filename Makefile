@@ -15,6 +15,7 @@ STATICCHECK := $(CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 FUZZTIME    ?= 15s
 export CASTELLAN_CACHE := $(CACHE)
 
+<<<<<<< HEAD
 # Debian packages the tests' real peers and tools need. The login shells are
 # the ones a node's user may have: remote commands must pass through each
 # unchanged (installer/ssh fails without them under CASTELLAN_REQUIRE_REAL_PEERS
@@ -22,6 +23,12 @@ export CASTELLAN_CACHE := $(CACHE)
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin \
 	swtpm swtpm-tools zsh mksh ksh fish tcsh
+=======
+# Debian packages the tests' real peers and tools need.
+TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
+	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
+	swtpm swtpm-tools
+>>>>>>> main
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -39,7 +46,8 @@ test: test-deps lint ## every test that runs on this machine, plus short fuzz ru
 .PHONY: fuzz
 fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
-	go test -run '^$$' -fuzz '^FuzzDetectSignature$$' -fuzztime $(FUZZTIME) ./phases/preflight
+	for f in FuzzDetect FuzzParseMountinfo FuzzParseProcNet FuzzParseSwaps FuzzParseEFIBool FuzzLUKS2Header; do \
+		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/preflight; done
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
 	go test -run '^$$' -fuzz '^FuzzKnownHosts$$' -fuzztime $(FUZZTIME) ./installer/ssh
 	go test -run '^$$' -fuzz '^FuzzMarkerFilter$$' -fuzztime $(FUZZTIME) ./installer/ssh

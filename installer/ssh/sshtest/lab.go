@@ -59,6 +59,11 @@ type Options struct {
 	// namespace (Node.PrivatePath gives the host-side path). Missing
 	// mountpoints are created on the host and removed at teardown.
 	PrivateDirs []string
+	// CgroupV2 gives each node a cgroup v2 hierarchy at /sys/fs/cgroup,
+	// mounted in its sshd's own mount namespace, as on a node booted with
+	// systemd's unified hierarchy (what kubelet requires and preflight
+	// checks), whatever the test host booted with.
+	CgroupV2 bool
 	// Loopback puts the direct Nodes in the host's network namespace,
 	// each sshd listening on 127.0.0.1 on a free port of its own, for
 	// clients that dial by themselves (go-git's ssh transport, the ssh
@@ -105,6 +110,7 @@ type Lab struct {
 
 	t        testing.TB
 	private  []string // Options.PrivateDirs, cleaned
+	cgroupV2 bool     // Options.CgroupV2
 	created  []string // mountpoints this lab created on the host
 	subnet   int      // second octet of 10.x.0.0/16
 	clientH  netns.NsHandle
@@ -204,6 +210,7 @@ func New(t testing.TB, opts Options) *Lab {
 		}
 	}
 
+	l.cgroupV2 = opts.CgroupV2
 	for _, d := range opts.PrivateDirs {
 		c := filepath.Clean(d)
 		if !filepath.IsAbs(c) || c == "/" || strings.HasPrefix(c+"/", l.Dir+"/") {
@@ -488,9 +495,9 @@ LogLevel INFO
 		return err
 	}
 	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
-	if len(l.private) > 0 || l.opts.HideSudo {
+	if len(l.private) > 0 || l.opts.HideSudo || l.cgroupV2 {
 		// sshd in its own mount namespace, with the node's private
-		// directories bind-mounted (and sudo hidden); sh execs sshd (same
+		// directories bind-mounted (sudo hidden, cgroup2 mounted, as asked); sh execs sshd (same
 		// PID).
 		var script []string
 		if l.opts.HideSudo {
@@ -499,6 +506,9 @@ LogLevel INFO
 				return err
 			}
 			script = append(script, hide...)
+		}
+		if l.cgroupV2 {
+			script = append(script, "mount -t cgroup2 cgroup2 /sys/fs/cgroup")
 		}
 		for _, d := range l.private {
 			backing := n.PrivatePath(d)
