@@ -497,8 +497,8 @@ LogLevel INFO
 	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
 	if len(l.private) > 0 || l.opts.HideSudo || l.cgroupV2 {
 		// sshd in its own mount namespace, with the node's private
-		// directories bind-mounted (sudo hidden, cgroup2 mounted, as asked); sh execs sshd (same
-		// PID).
+		// directories bind-mounted (sudo hidden, cgroup2 mounted, as
+		// asked); sh execs sshd (same PID).
 		var script []string
 		if l.opts.HideSudo {
 			hide, err := hiddenSudoScript(l.placeholder)
