@@ -15,20 +15,12 @@ STATICCHECK := $(CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 FUZZTIME    ?= 15s
 export CASTELLAN_CACHE := $(CACHE)
 
-<<<<<<< HEAD
 # Debian packages the tests' real peers and tools need. The login shells are
 # the ones a node's user may have: remote commands must pass through each
-# unchanged (installer/ssh fails without them under CASTELLAN_REQUIRE_REAL_PEERS
-# or CI=true).
-TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux \
-	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin \
-	swtpm swtpm-tools zsh mksh ksh fish tcsh
-=======
-# Debian packages the tests' real peers and tools need.
+# unchanged (installer/ssh fails without them when real peers are required).
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
-	swtpm swtpm-tools
->>>>>>> main
+	swtpm swtpm-tools zsh mksh ksh fish tcsh
 
 .PHONY: build
 build: ## the static castellan binary in bin/
