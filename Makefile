@@ -20,7 +20,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # unchanged (installer/ssh fails without them when real peers are required).
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
-	swtpm swtpm-tools zsh mksh ksh fish tcsh
+	swtpm swtpm-tools nftables zsh mksh ksh fish tcsh
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -49,6 +49,9 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzParseProcNetTCP$$' -fuzztime $(FUZZTIME) ./phases/mesh
+	go test -run '^$$' -fuzz '^FuzzObservation$$' -fuzztime $(FUZZTIME) ./phases/mesh
+	go test -run '^$$' -fuzz '^FuzzParseStored$$' -fuzztime $(FUZZTIME) ./phases/mesh
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck
