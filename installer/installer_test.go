@@ -317,6 +317,66 @@ func TestUnknownHostKeyStopsThePlan(t *testing.T) {
 	}
 }
 
+// TestNewHostKeysAreTrustedOnlyOnceConfirmed: with --accept-new-host-keys
+// an unknown key is a planned change ("trust new host key SHA256:... of
+// NODE"); a declined apply writes it nowhere; a confirmed one writes it to
+// known_hosts, records it in the run and commits it.
+func TestNewHostKeysAreTrustedOnlyOnceConfirmed(t *testing.T) {
+	lab := newLab(t, 1)
+	kh := filepath.Join(t.TempDir(), "known_hosts")
+	if err := os.WriteFile(kh, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	prof := testCluster(t, lab, kh, "")
+	p, _ := LoadProfile(prof, true)
+	prepare := func() *Pending {
+		a := NewApply(testConfig(t, lab, nil))
+		a.ProfilePath, a.AcceptNewHostKeys = prof, true
+		pending, err := a.Prepare(context.Background(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pending
+	}
+	pending := prepare()
+	var trust *engine.Change
+	for _, c := range pending.Plans()[0].Changes {
+		if c.Action == "trust-host-key" {
+			trust = &c
+		}
+	}
+	if trust == nil || !strings.HasPrefix(trust.Target, "SHA256:") || !strings.Contains(trust.Summary, "trust new host key") || !strings.Contains(trust.Summary, trust.Target) {
+		t.Fatalf("plan = %+v", pending.Plans())
+	}
+	pending.Close() // declined
+	if data, _ := os.ReadFile(kh); len(data) != 0 {
+		t.Fatalf("a declined apply wrote known_hosts: %q", data)
+	}
+	if _, err := os.Stat(p.Resolve(p.Spec.State.Repo)); !os.IsNotExist(err) {
+		t.Fatalf("a declined apply created the state repo: %v", err)
+	}
+
+	res, err := prepare().Apply(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Record.TrustedHostKeys) != 1 || !strings.Contains(res.Record.TrustedHostKeys[0], trust.Target) {
+		t.Errorf("trusted keys in the record: %v", res.Record.TrustedHostKeys)
+	}
+	written, _ := os.ReadFile(kh)
+	committed, _ := os.ReadFile(filepath.Join(res.StateDir, state.KnownHostsFile))
+	if !strings.Contains(string(written), lab.Nodes[0].Address) || string(committed) != string(written) {
+		t.Errorf("known_hosts %q, committed %q", written, committed)
+	}
+	// Pinned now: a plan without the flag connects and changes nothing.
+	pl := NewPlan(testConfig(t, lab, nil))
+	pl.ProfilePath = prof
+	plans, err := pl.Run(context.Background())
+	if err != nil || len(plans) != 1 || !plans[0].Empty() {
+		t.Errorf("plan after trusting: %+v %v", plans, err)
+	}
+}
+
 // TestCLIHeadlessJSON runs the real binary inside the lab's client namespace:
 // exit code, JSON lines (kind and sequence number on each) and history.
 func TestCLIHeadlessJSON(t *testing.T) {

@@ -86,6 +86,9 @@ func (t *target) connect(acceptNew bool) (*ssh.Pool, *nodeAccess, error) {
 	if err != nil {
 		return nil, nil, inputErr(err)
 	}
+	for _, w := range pool.KnownHostsWarnings() {
+		t.cfg.notice("warning: %s", w)
+	}
 	hosts := map[string]ssh.Host{}
 	for _, n := range t.profile.Spec.Nodes {
 		hosts[n.Name] = ssh.Host{Name: n.Name, Address: n.Address, Port: n.Port}
