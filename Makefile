@@ -36,6 +36,7 @@ test: test-deps lint ## every test that runs on this machine, plus short fuzz ru
 .PHONY: fuzz
 fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
+	go test -run '^$$' -fuzz '^FuzzUpdate$$' -fuzztime $(FUZZTIME) ./installer/profile
 	go test -run '^$$' -fuzz '^FuzzDetectSignature$$' -fuzztime $(FUZZTIME) ./phases/preflight
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
 	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
