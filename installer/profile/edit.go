@@ -159,7 +159,7 @@ func encode(n *yaml.Node) ([]byte, error) {
 }
 
 // spellNulls writes out empty values inside flow collections as null: the
-// encoder would write {ssh} back as {ssh: ”}, a string.
+// encoder would write {ssh} back with an empty quoted string, not null.
 func spellNulls(n *yaml.Node, flow bool) {
 	if n.Kind == yaml.ScalarNode && flow && n.Tag == "!!null" && n.Value == "" {
 		n.Value = "null"
