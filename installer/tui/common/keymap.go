@@ -54,7 +54,7 @@ func DefaultKeyMap() *KeyMap {
 		Done:         b([]string{"enter", "tab"}, "enter", "done"),
 		Cancel:       b([]string{"esc"}, "esc", "cancel"),
 		Back:         b([]string{"esc"}, "esc", "back"),
-		Quit:         b([]string{"q"}, "q", "quit"),
+		Quit:         b([]string{"q", "ctrl+c"}, "q", "quit"),
 		Interrupt:    b([]string{"ctrl+c"}, "ctrl+c", "stop"),
 		Help:         b([]string{"?"}, "?", "more keys"),
 		Save:         b([]string{"s", "ctrl+s"}, "s", "save"),

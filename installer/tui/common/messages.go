@@ -29,9 +29,14 @@ type PlanMsg struct {
 	RollbackTo        string
 }
 
-// PreparedMsg is a prepared run (Pending) or why there is none (Err).
+// PreparedMsg is a prepared run (Pending, with its Plans and PlanErr) or
+// why there is none (Err).
 type PreparedMsg struct {
 	Pending *installer.Pending
+	Plans   []engine.Plan
+	// PlanErr is why planning failed (Pending.Err): the run is then
+	// committed as failed and nothing is applied.
+	PlanErr error
 	Err     error
 	// Rollback is the run a rollback restores (0 for an apply).
 	Rollback string

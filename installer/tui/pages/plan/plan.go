@@ -43,7 +43,6 @@ type Page struct {
 	vp       viewport.Model
 	plans    []engine.Plan
 	failedPh []string
-	pending  *installer.Pending
 	err      error
 	result   *installer.Result
 	confirm  bool
@@ -96,9 +95,6 @@ func (p *Page) SetSize(w, h int) {
 	p.grid.SetCommon(p.Common)
 	p.layout()
 }
-
-// Pending is the prepared run the page holds (nil once applied or declined).
-func (p *Page) Pending() *installer.Pending { return p.pending }
 
 // Planned reports whether the plan waits for a decision.
 func (p *Page) Planned() bool { return p.state == planned }
@@ -174,18 +170,18 @@ func (p *Page) prepared(msg common.PreparedMsg) {
 		p.layout()
 		return
 	}
-	p.pending, p.plans = msg.Pending, msg.Pending.Plans()
+	p.plans = msg.Plans
 	var pe *engine.PlanError
-	for _, err := range unwrapAll(msg.Pending.Err()) {
+	for _, err := range unwrapAll(msg.PlanErr) {
 		if errors.As(err, &pe) {
 			p.failedPh = append(p.failedPh, pe.Phase)
 		}
 	}
 	p.state = planned
-	if msg.Pending.Err() != nil {
+	if msg.PlanErr != nil {
 		// As on the command line: a failed plan is not asked about; the
 		// root commits it as a failed run, and nothing is applied.
-		p.state, p.err = recording, msg.Pending.Err()
+		p.state, p.err = recording, msg.PlanErr
 	}
 	p.layout()
 }
@@ -205,7 +201,6 @@ func (p *Page) key(km tea.KeyPressMsg) (common.Page, tea.Cmd) {
 	if p.confirm {
 		p.confirm = false
 		if key.Matches(km, k.Yes) {
-			p.pending = nil // the root applies it
 			return p, func() tea.Msg { return common.ApplyMsg{} }
 		}
 		return p, nil
@@ -228,7 +223,6 @@ func (p *Page) key(km tea.KeyPressMsg) (common.Page, tea.Cmd) {
 			p.confirm = true
 			return p, nil
 		case key.Matches(km, k.Back), key.Matches(km, k.Quit), key.Matches(km, k.Interrupt):
-			p.pending = nil
 			return p, func() tea.Msg { return common.DeclineMsg{} }
 		}
 	default:

@@ -121,6 +121,9 @@ func (p *Page) Dirty() bool { return p.dirty }
 // AcceptNewHostKeys is the run option.
 func (p *Page) AcceptNewHostKeys() bool { return p.acceptNew }
 
+// Typing reports whether keys go to a text field.
+func (p *Page) Typing() bool { return p.editing }
+
 // Init implements common.Page.
 func (p *Page) Init() tea.Cmd { return nil }
 

@@ -85,6 +85,9 @@ func findProfiles(dir string) []string {
 // items are the choices, in order: found profiles, then pick, then new.
 func (p *Page) items() int { return len(p.found) + 2 }
 
+// Typing reports whether keys go to a text field.
+func (p *Page) Typing() bool { return p.mode == naming }
+
 // Init implements common.Page.
 func (p *Page) Init() tea.Cmd { return nil }
 
