@@ -91,14 +91,15 @@ type Model struct {
 
 // New returns the root model. ctx bounds everything the TUI starts.
 func New(ctx context.Context, opts Options) *Model {
+	if opts.Dir == "" {
+		opts.Dir, _ = os.Getwd()
+	}
 	c := common.New(80, 24)
 	c.Static = opts.Static
 	if opts.Now != nil {
 		c.Now = opts.Now
 	}
-	if opts.Dir == "" {
-		opts.Dir, _ = os.Getwd()
-	}
+	c.Dir = opts.Dir
 	m := &Model{common: c, opts: opts, ctx: ctx, queue: newQueue(), footer: footer.New(c), inflight: &sync.WaitGroup{}}
 	m.page = start.New(c, opts.Dir)
 	if opts.ProfilePath != "" {

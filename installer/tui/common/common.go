@@ -5,6 +5,8 @@
 package common
 
 import (
+	"path/filepath"
+	"strings"
 	"time"
 
 	"charm.land/bubbles/v2/help"
@@ -19,6 +21,8 @@ type Common struct {
 	KeyMap        *KeyMap
 	// Now is the clock (tests use a fixed one).
 	Now func() time.Time
+	// Dir is the working directory: paths under it are shown relative.
+	Dir string
 	// Static stops animations (spinner ticks, elapsed-time ticks), so that a
 	// screen depends on its input only: golden tests set it.
 	Static bool
@@ -27,6 +31,16 @@ type Common struct {
 // New returns a Common with the default styles and key map.
 func New(width, height int) Common {
 	return Common{Width: width, Height: height, Styles: DefaultStyles(), KeyMap: DefaultKeyMap(), Now: time.Now}
+}
+
+// Rel shows path relative to the working directory when it is under it.
+func (c *Common) Rel(path string) string {
+	if c.Dir != "" {
+		if rel, err := filepath.Rel(c.Dir, path); err == nil && !strings.HasPrefix(rel, "..") {
+			return rel
+		}
+	}
+	return path
 }
 
 // SetSize records the size a page may draw in.

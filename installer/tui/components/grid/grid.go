@@ -39,9 +39,11 @@ const (
 
 // Cell is one phase on one node.
 type Cell struct {
-	Status      Status
-	Step        string
-	Done, Total int64 // bytes of the step in progress, when it reports them
+	Status Status
+	Step   string
+	// Transfer names the step that reported bytes: Done of Total.
+	Transfer    string
+	Done, Total int64
 }
 
 // Failure is the first error of a run, in full.
@@ -126,7 +128,7 @@ func (m *Model) Apply(e engine.Event) {
 		m.Run, m.RunMessage = e.Status, msg
 		if e.Status == engine.StatusStarted {
 			m.Started = e.Time
-			m.logf("", e.Status, "%s", msg)
+			m.logf("", e.Status, "run started: %s", msg)
 			break
 		}
 		m.Elapsed = e.Elapsed
@@ -160,7 +162,7 @@ func (m *Model) Apply(e engine.Event) {
 		}
 	case engine.KindProgress:
 		c := m.cell(e.Phase, e.Node)
-		c.Status, c.Step, c.Done, c.Total = Running, step, e.Done, e.Total
+		c.Status, c.Step, c.Transfer, c.Done, c.Total = Running, step, step, e.Done, e.Total
 		if e.Total > 0 && e.Done == e.Total {
 			m.logf(e.Node, e.Status, "%s: %s sent", step, report.Bytes(e.Total))
 		}
@@ -326,11 +328,11 @@ func (m *Model) Transfers() []string {
 	for _, n := range m.Nodes {
 		for _, p := range m.Phases {
 			c := m.cell(p, n)
-			if c.Total <= 0 || (c.Status != Running && c.Done != c.Total) {
+			if p != m.active || c.Total <= 0 || (c.Status != Running && c.Done != c.Total) {
 				continue
 			}
 			pct := float64(c.Done) / float64(c.Total)
-			label := fmt.Sprintf("%s %s", ansi.Truncate(report.Clean(n), 14, "…"), c.Step)
+			label := fmt.Sprintf("%s %s", ansi.Truncate(report.Clean(n), 14, "…"), c.Transfer)
 			barW := max(m.common.Width-ansi.StringWidth(label)-30, 10)
 			m.bar.SetWidth(barW)
 			out = append(out, fmt.Sprintf("%s %s %3.0f%% %s/%s", label, m.bar.ViewAs(pct), pct*100, report.Bytes(c.Done), report.Bytes(c.Total)))

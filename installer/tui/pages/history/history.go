@@ -198,7 +198,7 @@ func (p *Page) outcome(o engine.Outcome) string {
 	return s.Failed.Render("✗ " + string(o))
 }
 
-const rowFormat = "%4s  %-16s  %-11s  %-13s  %-14s  %8s  %s"
+const rowFormat = "%3s  %-16s  %-11s  %-13s  %-10s  %6s  %s"
 
 // rows renders the runs table.
 func (p *Page) rows() (head string, rows []string) {
@@ -208,9 +208,9 @@ func (p *Page) rows() (head string, rows []string) {
 	}
 	row := func(r *state.Record, took string) string {
 		when := r.Started.UTC().Format("2006-01-02 15:04")
-		line := fmt.Sprintf("%4d  %-16s  %-11s  ", r.Number, when, ansi.Truncate(command(r), 11, "…"))
+		line := fmt.Sprintf("%3d  %-16s  %-11s  ", r.Number, when, ansi.Truncate(command(r), 11, "…"))
 		line += pad(p.outcome(r.Outcome), 13) + "  "
-		line += fmt.Sprintf("%-14s  %8s  %s", ansi.Truncate(changed(r), 14, "…"), took, report.Clean(r.Who))
+		line += fmt.Sprintf("%-10s  %6s  %s", ansi.Truncate(changed(r), 10, "…"), took, report.Clean(r.Who))
 		return line
 	}
 	for _, e := range p.entries {
@@ -294,7 +294,7 @@ func (p *Page) View() string {
 	var bottom []string
 	if p.confirm {
 		if e := p.rollbackTarget(); e != nil {
-			bottom = append(bottom, s.Prompt.Render(fmt.Sprintf("Roll back to run %d? Its profile is planned as a new run; you confirm the plan next. (y/n)", e.Record.Number)))
+			bottom = append(bottom, s.Prompt.Render(fmt.Sprintf("Roll back to run %d? Its profile is planned as a new run, for you to confirm. (y/n)", e.Record.Number)))
 		}
 	}
 	if p.diffRun > 0 {

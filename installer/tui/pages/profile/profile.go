@@ -137,7 +137,7 @@ func (p *Page) Title() string {
 
 // Status implements common.Page.
 func (p *Page) Status() string {
-	s := report.Clean(p.path)
+	s := report.Clean(p.Rel(p.path))
 	if p.dirty {
 		s += " (modified)"
 	}

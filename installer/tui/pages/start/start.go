@@ -95,7 +95,7 @@ func (p *Page) Init() tea.Cmd { return nil }
 func (p *Page) Title() string { return "start" }
 
 // Status implements common.Page.
-func (p *Page) Status() string { return report.Clean(p.dir) }
+func (p *Page) Status() string { return "" }
 
 // SetSize implements common.Page.
 func (p *Page) SetSize(w, h int) {
@@ -251,7 +251,8 @@ func (p *Page) View() string {
 		b.WriteString("Where should it be written? Relative names are in " + report.Clean(p.dir) + "\n\n")
 		b.WriteString(p.name.View())
 	default:
-		b.WriteString(s.Section.Render("Open a profile, or create one") + "\n\n")
+		b.WriteString(s.Section.Render("Open a profile, or create one") + "\n")
+		b.WriteString(s.Dim.Render("in "+report.Clean(p.dir)) + "\n\n")
 		if len(p.found) == 0 {
 			b.WriteString(s.Dim.Render("  no profile (kind: Cluster) in this directory") + "\n")
 		}
