@@ -104,7 +104,7 @@ Then:        castellan validate -f cluster.yaml
              castellan apply -f cluster.yaml`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args: args(cobra.NoArgs),
+		Args:          args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.runTUI(cmd)
 		},

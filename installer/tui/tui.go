@@ -79,13 +79,13 @@ type Model struct {
 	stack []common.Page // pages to go back to
 	flash string        // an error to show until the next key
 
-	profile string          // the profile last opened or saved
-	runPage common.Page     // the page the events go to
-	pending *installer.Pending
-	runCtx  context.Context    // the verb's context, from Prepare to Apply
-	abort   context.CancelFunc // cancels the verb's context (second Ctrl-C)
-	stop    context.CancelFunc // stops between steps (first Ctrl-C)
-	running bool               // a verb is applying
+	profile  string      // the profile last opened or saved
+	runPage  common.Page // the page the events go to
+	pending  *installer.Pending
+	runCtx   context.Context    // the verb's context, from Prepare to Apply
+	abort    context.CancelFunc // cancels the verb's context (second Ctrl-C)
+	stop     context.CancelFunc // stops between steps (first Ctrl-C)
+	running  bool               // a verb is applying
 	inflight *sync.WaitGroup
 }
 

@@ -14,14 +14,14 @@ import (
 type kind int
 
 const (
-	section   kind = iota // a heading; not focusable
-	text                  // typed
-	path                  // typed, or picked with the file picker
-	toggle                // on or off
-	choice                // one of a few values
-	nodeRow               // a row of the nodes table: enter edits the node
-	addNode               // the table's last row: enter adds a node
-	info                  // shown, not editable here
+	section kind = iota // a heading; not focusable
+	text                // typed
+	path                // typed, or picked with the file picker
+	toggle              // on or off
+	choice              // one of a few values
+	nodeRow             // a row of the nodes table: enter edits the node
+	addNode             // the table's last row: enter adds a node
+	info                // shown, not editable here
 )
 
 // field is one line of the editor, bound to a value of the profile.

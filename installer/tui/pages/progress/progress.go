@@ -27,10 +27,10 @@ import (
 type stop int
 
 const (
-	running stop = iota
-	asking       // Ctrl-C was pressed: stop between steps?
-	stopping     // interrupted: no new step starts
-	aborting     // the running steps are cancelled
+	running  stop = iota
+	asking        // Ctrl-C was pressed: stop between steps?
+	stopping      // interrupted: no new step starts
+	aborting      // the running steps are cancelled
 )
 
 // Page is the progress page.
