@@ -18,7 +18,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # Debian packages the tests' real peers and tools need.
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin \
-	swtpm swtpm-tools
+	swtpm swtpm-tools tmux fonts-dejavu-core
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -79,6 +79,14 @@ demo: build lab-up ## the main job on the local lab: a real install, then a summ
 	@echo
 	@echo "State repo: $(LAB_DIR)/state   (history: $(BIN) history --state $(LAB_DIR)/state)"
 	$(BIN) history --state $(LAB_DIR)/state
+
+.PHONY: demo-tui
+demo-tui: build lab-up ## the same install, driven from the interactive TUI (in this terminal)
+	vagrant/lab.sh exec $(CURDIR)/$(BIN) -f $(LAB_DIR)/profile.yaml
+
+.PHONY: tui-screenshots
+tui-screenshots: test-deps ## redraw docs/tui/*.txt and *.png from a real terminal (tmux, sshd test nodes)
+	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_TUI_SCREENSHOTS=$(CURDIR)/docs/tui go test -count=1 -run '^(TestTerminal|TestPlanScreens|TestProgressScreens)$$' ./installer/tui
 
 .PHONY: e2e
 e2e: build ## lab up, apply, node assertions, no-op rerun, rollback, lab down

@@ -21,6 +21,7 @@ import (
 	prof "castellan/installer/profile"
 	"castellan/installer/state"
 	"castellan/installer/tui/common"
+	"castellan/installer/tui/internal/termshot"
 	"castellan/installer/tui/pages/history"
 	"castellan/installer/tui/pages/plan"
 	profilepage "castellan/installer/tui/pages/profile"
@@ -33,6 +34,16 @@ import (
 // screens are fed recorded engine types (plans, an event stream, run
 // records) as their messages: they are views of those. The real verbs
 // against real sshd nodes are driven in terminal_test.go.
+
+// readmeShots are the golden screens the README shows too (as text and
+// PNG, written when CASTELLAN_TUI_SCREENSHOTS names a directory): the real
+// terminal test cannot catch a run mid-upload, nor a plan with the changes
+// of phases still on their way.
+var readmeShots = map[string]string{
+	"TestPlanScreens/planned":           "plan-keys-and-disks",
+	"TestProgressScreens/running":       "progress-running",
+	"TestProgressScreens/failure_first": "progress-failed",
+}
 
 // t0 is the clock of every golden screen.
 var t0 = time.Date(2026, 12, 1, 9, 30, 0, 0, time.UTC)
@@ -71,7 +82,21 @@ func screen(t *testing.T, tm *teatest.TestModel, w, h int) string {
 		t.Fatal(err)
 	}
 	m := tm.FinalModel(t, teatest.WithFinalTimeout(10*time.Second)).(*Model)
-	out := ansi.Strip(m.View().Content)
+	styled := m.View().Content
+	out := ansi.Strip(styled)
+	if name, ok := readmeShots[t.Name()]; ok && os.Getenv("CASTELLAN_TUI_SCREENSHOTS") != "" {
+		dir := os.Getenv("CASTELLAN_TUI_SCREENSHOTS")
+		png, err := termshot.Render([]byte(styled), w, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+".txt"), []byte(out+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	lines := strings.Split(out, "\n")
 	if len(lines) != h {
 		t.Errorf("the screen has %d lines, want %d", len(lines), h)

@@ -62,7 +62,7 @@ type Line struct {
 // Model is the state built from the events.
 type Model struct {
 	common  common.Common
-	Phases  []string // columns, in run order (ConnectColumn first)
+	Phases  []string // columns, in run order (ConnectColumn first when the run observes)
 	Nodes   []string // rows
 	cells   map[string]*Cell
 	active  string // the phase running now
@@ -79,7 +79,7 @@ type Model struct {
 
 // New returns a grid for a run's phases and nodes.
 func New(c common.Common, phases, nodes []string) *Model {
-	cols := append([]string{ConnectColumn}, phases...)
+	cols := slices.Clone(phases)
 	bar := progress.New(progress.WithWidth(20), progress.WithoutPercentage(), progress.WithFillCharacters('█', '░'), progress.WithColors(lipgloss.Cyan))
 	return &Model{common: c, Phases: cols, Nodes: slices.Clone(nodes), cells: map[string]*Cell{}, bar: bar}
 }
@@ -122,6 +122,11 @@ func (m *Model) Apply(e engine.Event) {
 	}
 	m.ensureNode(e.Node)
 	m.ensurePhase(e.Phase)
+	if e.Phase == "" && e.Node != "" && (e.Kind == engine.KindStep || e.Kind == engine.KindProgress) && !slices.Contains(m.Phases, ConnectColumn) {
+		// The engine's own step (observing nodes): a column of its own, shown
+		// once a run has it (a confirmed plan's run observed at the prompt).
+		m.Phases = append([]string{ConnectColumn}, m.Phases...)
+	}
 	phase, step, msg := report.Clean(e.Phase), report.Clean(e.Step), report.Clean(e.Message)
 	switch e.Kind {
 	case engine.KindRun:
@@ -324,19 +329,29 @@ func (m *Model) View(selected int, spin string) string {
 // Transfers renders a progress bar per node with a transfer in its running
 // phase (the agent's upload), one line each.
 func (m *Model) Transfers() []string {
-	var out []string
+	type xfer struct {
+		label string
+		c     *Cell
+	}
+	var xs []xfer
+	labelW := 0
 	for _, n := range m.Nodes {
 		for _, p := range m.Phases {
 			c := m.cell(p, n)
 			if p != m.active || c.Total <= 0 || (c.Status != Running && c.Done != c.Total) {
 				continue
 			}
-			pct := float64(c.Done) / float64(c.Total)
 			label := fmt.Sprintf("%s %s", ansi.Truncate(report.Clean(n), 14, "…"), c.Transfer)
-			barW := max(m.common.Width-ansi.StringWidth(label)-30, 10)
-			m.bar.SetWidth(barW)
-			out = append(out, fmt.Sprintf("%s %s %3.0f%% %s/%s", label, m.bar.ViewAs(pct), pct*100, report.Bytes(c.Done), report.Bytes(c.Total)))
+			labelW = max(labelW, ansi.StringWidth(label))
+			xs = append(xs, xfer{label, c})
 		}
+	}
+	var out []string
+	m.bar.SetWidth(max(m.common.Width-labelW-30, 10))
+	for _, x := range xs {
+		pct := float64(x.c.Done) / float64(x.c.Total)
+		label := x.label + strings.Repeat(" ", labelW-ansi.StringWidth(x.label))
+		out = append(out, fmt.Sprintf("%s %s %3.0f%% %s/%s", label, m.bar.ViewAs(pct), pct*100, report.Bytes(x.c.Done), report.Bytes(x.c.Total)))
 	}
 	return out
 }

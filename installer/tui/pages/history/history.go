@@ -170,6 +170,12 @@ func command(r *state.Record) string {
 	return report.Clean(r.Command)
 }
 
+// who is a run's author without the e-mail address.
+func who(s string) string {
+	name, _, _ := strings.Cut(s, " <")
+	return report.Clean(name)
+}
+
 func changed(r *state.Record) string {
 	var out []string
 	for _, ph := range r.Phases {
@@ -210,7 +216,7 @@ func (p *Page) rows() (head string, rows []string) {
 		when := r.Started.UTC().Format("2006-01-02 15:04")
 		line := fmt.Sprintf("%3d  %-16s  %-11s  ", r.Number, when, ansi.Truncate(command(r), 11, "…"))
 		line += pad(p.outcome(r.Outcome), 13) + "  "
-		line += fmt.Sprintf("%-10s  %6s  %s", ansi.Truncate(changed(r), 10, "…"), took, report.Clean(r.Who))
+		line += fmt.Sprintf("%-10s  %6s  %s", ansi.Truncate(changed(r), 10, "…"), took, who(r.Who))
 		return line
 	}
 	for _, e := range p.entries {
@@ -223,7 +229,7 @@ func (p *Page) rows() (head string, rows []string) {
 func (p *Page) details(e *state.Entry) []string {
 	s := p.Styles
 	r := e.Record
-	out := []string{s.Section.Render(fmt.Sprintf("Run %d", r.Number)) + s.Dim.Render(fmt.Sprintf("  commit %s · %s@%s · castellan %s", e.Hash.String()[:12], report.Clean(r.Who), report.Clean(r.Host), report.Clean(r.Version)))}
+	out := []string{s.Section.Render(fmt.Sprintf("Run %d", r.Number)) + s.Dim.Render(fmt.Sprintf("  commit %s · %s on %s · castellan %s", e.Hash.String()[:12], who(r.Who), report.Clean(r.Host), report.Clean(r.Version)))}
 	nodes := strings.Join(r.Nodes, ", ")
 	out = append(out, "  nodes: "+report.Clean(nodes))
 	for _, ph := range r.Phases {
