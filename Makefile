@@ -16,8 +16,8 @@ FUZZTIME    ?= 15s
 export CASTELLAN_CACHE := $(CACHE)
 
 # Debian packages the tests' real peers and tools need.
-TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux \
-	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin \
+TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
+	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
 	swtpm swtpm-tools tmux fonts-dejavu-core
 
 .PHONY: build
@@ -37,8 +37,12 @@ test: test-deps lint ## every test that runs on this machine, plus short fuzz ru
 fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
 	go test -run '^$$' -fuzz '^FuzzUpdate$$' -fuzztime $(FUZZTIME) ./installer/profile
-	go test -run '^$$' -fuzz '^FuzzDetectSignature$$' -fuzztime $(FUZZTIME) ./phases/preflight
+	for f in FuzzDetect FuzzParseMountinfo FuzzParseProcNet FuzzParseSwaps FuzzParseEFIBool FuzzLUKS2Header; do \
+		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/preflight; done
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzDecodeResponse$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzClean$$' -fuzztime $(FUZZTIME) ./installer/report
 	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity

@@ -13,6 +13,7 @@ import (
 	"castellan/installer/agent"
 	"castellan/installer/engine"
 	"castellan/installer/ssh/sshtest"
+	"castellan/installer/testenv"
 )
 
 // BenchmarkPreflightVsAnsible measures a no-op preflight (the agent is in
@@ -25,7 +26,7 @@ import (
 // facts are gathered all the same, which is what is measured.
 func BenchmarkPreflightVsAnsible(b *testing.B) {
 	if _, err := exec.LookPath("ansible"); err != nil {
-		b.Skip("ansible is not installed (make bench installs it)")
+		testenv.Missing(b, "ansible is not installed (make bench installs it)")
 	}
 	for _, n := range []int{1, 10, 50} {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {

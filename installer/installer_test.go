@@ -64,11 +64,12 @@ func buildCastellan(t testing.TB) string {
 	return bin
 }
 
-// newLab starts n sshd nodes, each with its own agent directory and a
-// systemd boot marker.
+// newLab starts n sshd nodes, each with its own agent directory, a
+// systemd boot marker and a cgroup v2 hierarchy (kubelet's requirement,
+// which preflight checks; the test host may boot with cgroup v1).
 func newLab(t testing.TB, n int) *sshtest.Lab {
 	t.Helper()
-	lab := sshtest.New(t, sshtest.Options{Nodes: n, PrivateDirs: []string{agent.BinDir, "/run/systemd"}})
+	lab := sshtest.New(t, sshtest.Options{Nodes: n, PrivateDirs: []string{agent.BinDir, "/run/systemd"}, CgroupV2: true})
 	for _, node := range lab.Nodes {
 		if err := os.MkdirAll(filepath.Join(node.PrivatePath("/run/systemd"), "system"), 0o755); err != nil {
 			t.Fatal(err)

@@ -58,13 +58,9 @@ func (r *Rollback) Prepare(ctx context.Context, plan bool) (*Pending, error) {
 		return nil, err
 	}
 	name := fmt.Sprintf("%s@run%d", filepath.Base(r.ProfilePath), n)
-	old, err := profile.Parse(name, raw)
+	old, err := profile.LoadBytes(ctx, name, cur.Dir, raw, profile.ValidateOptions{AcceptNewHostKeys: r.AcceptNewHostKeys})
 	if err != nil {
-		return nil, inputErr(fmt.Errorf("the profile of run %d no longer loads: %w", n, err))
-	}
-	old.Dir = cur.Dir
-	if err := old.Validate(profile.ValidateOptions{AcceptNewHostKeys: r.AcceptNewHostKeys}); err != nil {
-		return nil, inputErr(fmt.Errorf("the profile of run %d is not valid here: %w", n, err))
+		return nil, inputErr(fmt.Errorf("the profile of run %d does not load here (relative paths resolve against %s): %w", n, cur.Dir, err))
 	}
 	if old.Resolve(old.Spec.State.Repo) != dir {
 		return nil, inputErr(fmt.Errorf("run %d used the state repo %s, the current profile %s; roll back from a profile that uses the same state repo", n, old.Resolve(old.Spec.State.Repo), dir))

@@ -1,6 +1,7 @@
 package installer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -18,7 +19,7 @@ func LoadProfile(path string, acceptNewHostKeys bool) (*profile.Profile, error) 
 	if path == "" {
 		return nil, inputErr(errors.New("no profile: give one with -f PROFILE (castellan profile init writes a starter)"))
 	}
-	p, err := profile.Load(path, profile.ValidateOptions{AcceptNewHostKeys: acceptNewHostKeys})
+	p, err := profile.LoadContext(context.Background(), path, profile.ValidateOptions{AcceptNewHostKeys: acceptNewHostKeys})
 	return p, inputErr(err)
 }
 

@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
 
 	"castellan/installer/profile"
 )
@@ -21,8 +26,24 @@ func runCLI(t *testing.T, stdin string, args ...string) (code int, stdout, stder
 func writeValid(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, f := range []string{"id", "known_hosts"} {
-		if err := os.WriteFile(filepath.Join(dir, f), []byte("x\n"), 0o600); err != nil {
+	// validate parses both files: a real key, and a known_hosts line.
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for f, data := range map[string][]byte{
+		"id":          pem.EncodeToMemory(block),
+		"known_hosts": append([]byte("192.0.2.1 "), ssh.MarshalAuthorizedKey(sshPub)...),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, f), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -115,7 +115,12 @@ func (e *Engine) observe(ctx context.Context, s *Session, phases []Phase) {
 	}
 	v := s.View("")
 	err := v.ForEachNode(ctx, nodes, StepObserve, func(ctx context.Context, node string) error {
-		resps, err := s.cfg.Access.Batch(ctx, node, need[node])
+		var resps []agent.Response
+		timing, err := timed(func() error {
+			var err error
+			resps, err = s.cfg.Access.Batch(ctx, node, need[node])
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -123,7 +128,7 @@ func (e *Engine) observe(ctx context.Context, s *Session, phases []Phase) {
 		if err != nil {
 			return err
 		}
-		s.storeObservation(node, st.Installed, need[node], resps)
+		s.storeObservation(node, st.Installed, need[node], resps, timing)
 		return nil
 	})
 	var ne NodeErrors
@@ -183,7 +188,7 @@ func (s *Session) missing(node string, reqs []agent.Request) ([]agent.Request, b
 	return out, len(out) > 0
 }
 
-func (s *Session) storeObservation(node string, installed bool, reqs []agent.Request, resps []agent.Response) {
+func (s *Session) storeObservation(node string, installed bool, reqs []agent.Request, resps []agent.Response, timing Timing) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o := s.observed[node]
@@ -192,6 +197,9 @@ func (s *Session) storeObservation(node string, installed bool, reqs []agent.Req
 		s.observed[node] = o
 	}
 	o.agentKnown = installed
+	if len(reqs) > 0 {
+		o.timing = timing
+	}
 	for i, r := range reqs {
 		if i < len(resps) {
 			o.responses[r.Key()] = resps[i]

@@ -649,3 +649,29 @@ func TestChangeData(t *testing.T) {
 		t.Error("no error for a change without data")
 	}
 }
+
+// TestCallTimedFromObservation: an answer from the run's observation comes
+// with the timing of the exec that produced it (a phase measures a node's
+// clock offset with it), not a zero or the time of the lookup.
+func TestCallTimedFromObservation(t *testing.T) {
+	op := readOp("a.look")
+	f := newFixture(t, 1, engine.SessionConfig{}, op)
+	var timing engine.Timing
+	var callDone time.Time
+	p := observingPhase{&fakePhase{name: "a", observe: []agent.Handler{op}, plan: func(ctx context.Context, v *engine.View) (engine.Plan, error) {
+		time.Sleep(20 * time.Millisecond)
+		_, tm, err := engine.CallTimed(ctx, v, "n0", op, echo{Node: "n0"})
+		timing, callDone = tm, time.Now()
+		return engine.Plan{}, err
+	}}}
+	start := time.Now()
+	if _, err := (&engine.Engine{Phases: []engine.Phase{p}}).PlanAll(context.Background(), f.session, []engine.Phase{p}); err != nil {
+		t.Fatal(err)
+	}
+	if f.nodes.Execs("n0") != 1 {
+		t.Fatalf("%d execs", f.nodes.Execs("n0"))
+	}
+	if timing.Sent.Before(start) || callDone.Sub(timing.Sent) < 20*time.Millisecond {
+		t.Errorf("timing %+v is not the observation exec's (started %v, answered at %v)", timing, start, callDone)
+	}
+}

@@ -67,6 +67,16 @@ type Session struct {
 type observation struct {
 	agentKnown bool
 	responses  map[string]agent.Response
+	timing     Timing
+}
+
+// Timing says when the exec that answered a call was sent, by the
+// installer's clock (with its monotonic reading), and how long it took until
+// the answer was back: what a phase needs to compare a node's clock with the
+// installer's (NTP's four-timestamp method).
+type Timing struct {
+	Sent    time.Time
+	Elapsed time.Duration
 }
 
 // failure is a node's error and the event that reported it in full.
@@ -296,28 +306,38 @@ func (v *View) Checkpoint() error {
 
 // call runs a read-only operation: answered from the node's observation
 // when it holds the same request, else by one exec.
-func (v *View) call(ctx context.Context, node string, op agent.Spec, in, out any) error {
+func (v *View) call(ctx context.Context, node string, op agent.Spec, in, out any) (Timing, error) {
 	if !op.IsReadOnly() {
-		return fmt.Errorf("engine: phase %s cannot call %s while planning: it changes the node (a plan only observes)", v.phase, op.OpName())
+		return Timing{}, fmt.Errorf("engine: phase %s cannot call %s while planning: it changes the node (a plan only observes)", v.phase, op.OpName())
 	}
 	if f := v.unavailableErr(node); f != nil {
-		return f
+		return Timing{}, f
 	}
 	req, err := agent.NewRequest(op, in)
 	if err != nil {
-		return err
+		return Timing{}, err
 	}
 	v.mu.Lock()
 	var resp agent.Response
+	var timing Timing
 	ok := false
 	if o := v.observed[node]; o != nil {
 		resp, ok = o.responses[req.Key()]
+		timing = o.timing
 	}
 	v.mu.Unlock()
 	if ok {
-		return resp.Decode(node, op.OpName(), out)
+		return timing, resp.Decode(node, op.OpName(), out)
 	}
-	return v.cfg.Access.Call(ctx, node, op, in, out)
+	return timed(func() error { return v.cfg.Access.Call(ctx, node, op, in, out) })
+}
+
+// timed runs fn, one exec, and says when it was sent and how long it took.
+func timed(fn func() error) (Timing, error) {
+	t := Timing{Sent: time.Now()}
+	err := fn()
+	t.Elapsed = time.Since(t.Sent)
+	return t, err
 }
 
 func (v *View) unavailableErr(node string) error {
@@ -337,15 +357,15 @@ type Run struct {
 
 // call runs any operation; one that changes the node makes the engine
 // forget what it observed there.
-func (r *Run) call(ctx context.Context, node string, op agent.Spec, in, out any) error {
+func (r *Run) call(ctx context.Context, node string, op agent.Spec, in, out any) (Timing, error) {
 	if op.IsReadOnly() {
 		return r.View.call(ctx, node, op, in, out)
 	}
 	if f := r.unavailableErr(node); f != nil {
-		return f
+		return Timing{}, f
 	}
 	r.invalidate(node)
-	return r.cfg.Access.Call(ctx, node, op, in, out)
+	return timed(func() error { return r.cfg.Access.Call(ctx, node, op, in, out) })
 }
 
 // InstallAgent ships this castellan's agent to node.
@@ -411,7 +431,7 @@ func (r *Run) Progress(node, step string, done, total int64) {
 
 // Caller is a View or a Run: what Call runs operations through.
 type Caller interface {
-	call(ctx context.Context, node string, op agent.Spec, in, out any) error
+	call(ctx context.Context, node string, op agent.Spec, in, out any) (Timing, error)
 }
 
 // Call runs the typed operation op on node with input in. Through a View
@@ -420,6 +440,15 @@ type Caller interface {
 // runs.
 func Call[In, Out any](ctx context.Context, c Caller, node string, op agent.Op[In, Out], in In) (Out, error) {
 	var out Out
-	err := c.call(ctx, node, op, in, &out)
+	_, err := c.call(ctx, node, op, in, &out)
 	return out, err
+}
+
+// CallTimed is Call, also saying when the exec that produced the answer was
+// sent and how long it took (for an answer from the run's observation, that
+// exec's).
+func CallTimed[In, Out any](ctx context.Context, c Caller, node string, op agent.Op[In, Out], in In) (Out, Timing, error) {
+	var out Out
+	t, err := c.call(ctx, node, op, in, &out)
+	return out, t, err
 }

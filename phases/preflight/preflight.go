@@ -150,10 +150,16 @@ func gatherAndCheck(ctx context.Context, v *engine.View, c engine.Caller, node s
 		return fmt.Errorf("node %s is not in the profile", node)
 	}
 	req := requirementsFor(v.Profile(), n)
-	f, err := engine.Call(ctx, c, node, Facts, req.request())
+	f, timing, err := engine.CallTimed(ctx, c, node, Facts, req.request())
 	if err != nil {
 		return fmt.Errorf("gathering facts: %w", err)
 	}
+	// The clock offset needs T1 and T4, the installer's clock when the exec
+	// that answered was sent and when its answer came back (clock.go). The
+	// request does not carry T1: the observation is keyed by the request, and
+	// a time in it would make the plan's request differ from the one observed;
+	// the engine times the exec instead.
+	measureClock(&f.Clock, timing.Sent, timing.Elapsed)
 	if err := engine.Publish(v, facts.Key, node, f); err != nil {
 		return err
 	}
@@ -184,5 +190,5 @@ func tpmSummary(t facts.TPM) string {
 
 // request is the facts request for what r requires.
 func (r requirements) request() FactsRequest {
-	return FactsRequest{Ports: r.ports, SpacePaths: spacePaths}
+	return FactsRequest{Ports: r.ports, SpacePaths: spacePaths, Devices: r.devices}
 }

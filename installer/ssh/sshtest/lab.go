@@ -59,6 +59,11 @@ type Options struct {
 	// namespace (Node.PrivatePath gives the host-side path). Missing
 	// mountpoints are created on the host and removed at teardown.
 	PrivateDirs []string
+	// CgroupV2 gives each node a cgroup v2 hierarchy at /sys/fs/cgroup,
+	// mounted in its sshd's own mount namespace, as on a node booted with
+	// systemd's unified hierarchy (what kubelet requires and preflight
+	// checks), whatever the test host booted with.
+	CgroupV2 bool
 	// Loopback puts the direct Nodes in the host's network namespace,
 	// each sshd listening on 127.0.0.1 on a free port of its own, for
 	// clients that dial by themselves (go-git's ssh transport, the ssh
@@ -90,6 +95,7 @@ type Lab struct {
 
 	t        testing.TB
 	private  []string // Options.PrivateDirs, cleaned
+	cgroupV2 bool     // Options.CgroupV2
 	created  []string // mountpoints this lab created on the host
 	subnet   int      // second octet of 10.x.0.0/16
 	clientH  netns.NsHandle
@@ -180,6 +186,7 @@ func New(t testing.TB, opts Options) *Lab {
 		}
 	}
 
+	l.cgroupV2 = opts.CgroupV2
 	for _, d := range opts.PrivateDirs {
 		c := filepath.Clean(d)
 		if !filepath.IsAbs(c) || c == "/" || strings.HasPrefix(c+"/", l.Dir+"/") {
@@ -456,10 +463,13 @@ LogLevel INFO
 		return err
 	}
 	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
-	if len(l.private) > 0 {
+	if len(l.private) > 0 || l.cgroupV2 {
 		// sshd in its own mount namespace, with the node's private
 		// directories bind-mounted; sh execs sshd (same PID).
 		var script []string
+		if l.cgroupV2 {
+			script = append(script, "mount -t cgroup2 cgroup2 /sys/fs/cgroup")
+		}
 		for _, d := range l.private {
 			backing := n.PrivatePath(d)
 			if err := os.MkdirAll(backing, 0o755); err != nil {

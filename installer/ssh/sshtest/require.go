@@ -40,6 +40,8 @@
 package sshtest
 
 import (
+	"castellan/installer/testenv"
+
 	"fmt"
 	"os"
 	"os/exec"
@@ -49,7 +51,7 @@ import (
 
 // RequireEnv is the environment variable that turns a missing prerequisite
 // from a skip into a failure.
-const RequireEnv = "CASTELLAN_REQUIRE_REAL_PEERS"
+const RequireEnv = testenv.RequireEnv
 
 // SftpServerPaths are the places sftp-server is looked for.
 var sftpServerPaths = []string{
@@ -99,8 +101,5 @@ func Require(t testing.TB) {
 	if m == "" {
 		return
 	}
-	if os.Getenv(RequireEnv) == "1" {
-		t.Fatalf("%s (%s=1 makes this a failure)", m, RequireEnv)
-	}
-	t.Skip(m)
+	testenv.Missing(t, "%s", m)
 }
