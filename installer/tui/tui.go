@@ -390,7 +390,7 @@ func (m *Model) history(profilePath string) tea.Cmd {
 		return nil
 	}
 	page := history.New(m.common, profilePath)
-	cfg := m.config(nil)
+	cfg := m.config(m.ctx)
 	load := func() tea.Msg {
 		v := installer.NewHistory(cfg)
 		v.ProfilePath = profilePath
@@ -401,7 +401,7 @@ func (m *Model) history(profilePath string) tea.Cmd {
 }
 
 func (m *Model) diff(msg common.DiffMsg) tea.Cmd {
-	cfg := m.config(nil)
+	cfg := m.config(m.ctx)
 	return func() tea.Msg {
 		v := installer.NewDiff(cfg)
 		v.ProfilePath, v.From = msg.ProfilePath, fmt.Sprint(msg.Run)
