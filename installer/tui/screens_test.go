@@ -3,6 +3,9 @@ package tui
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -15,6 +18,7 @@ import (
 	"github.com/charmbracelet/x/ansi"
 	"github.com/charmbracelet/x/exp/golden"
 	"github.com/charmbracelet/x/exp/teatest/v2"
+	"golang.org/x/crypto/ssh"
 
 	"castellan/installer"
 	"castellan/installer/engine"
@@ -148,11 +152,25 @@ spec:
     repo: state
 `
 
+// privateKey is a new ed25519 key in OpenSSH's PEM format.
+func privateKey(t *testing.T) string {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(k, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(block))
+}
+
 // profileDir writes the commented profile and the files it names.
 func profileDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	for name, body := range map[string]string{"cluster.yaml": commented, "id_test": "x\n", "known_hosts": "", "notes.yaml": "a: b\n", "other.yml": "kind: Cluster\n"} {
+	for name, body := range map[string]string{"cluster.yaml": commented, "id_test": privateKey(t), "known_hosts": "", "notes.yaml": "a: b\n", "other.yml": "kind: Cluster\n"} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}

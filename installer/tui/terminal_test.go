@@ -160,7 +160,7 @@ func TestTerminal(t *testing.T) {
 	sshtest.Require(t)
 	tmux := requireTmux(t)
 	bin := buildCastellan(t)
-	lab := sshtest.New(t, sshtest.Options{Nodes: 2, PrivateDirs: []string{agent.BinDir, "/run/systemd"}})
+	lab := sshtest.New(t, sshtest.Options{Nodes: 2, PrivateDirs: []string{agent.BinDir, "/run/systemd"}, CgroupV2: true})
 	for _, n := range lab.Nodes {
 		if err := os.MkdirAll(filepath.Join(n.PrivatePath("/run/systemd"), "system"), 0o755); err != nil {
 			t.Fatal(err)
