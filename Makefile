@@ -15,10 +15,12 @@ STATICCHECK := $(CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 FUZZTIME    ?= 15s
 export CASTELLAN_CACHE := $(CACHE)
 
-# Debian packages the tests' real peers and tools need.
+# Debian packages the tests' real peers and tools need. The login shells are
+# the ones a node's user may have: remote commands must pass through each
+# unchanged (installer/ssh fails without them when real peers are required).
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
-	swtpm swtpm-tools tmux fonts-dejavu-core
+	swtpm swtpm-tools nftables zsh mksh ksh fish tcsh tmux fonts-dejavu-core
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -40,12 +42,17 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	for f in FuzzDetect FuzzParseMountinfo FuzzParseProcNet FuzzParseSwaps FuzzParseEFIBool FuzzLUKS2Header; do \
 		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/preflight; done
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzKnownHosts$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzMarkerFilter$$' -fuzztime $(FUZZTIME) ./installer/ssh
 	go test -run '^$$' -fuzz '^FuzzDecodeResponse$$' -fuzztime $(FUZZTIME) ./installer/agent
 	go test -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME) ./installer/agent
 	go test -run '^$$' -fuzz '^FuzzClean$$' -fuzztime $(FUZZTIME) ./installer/report
 	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzParseProcNetTCP$$' -fuzztime $(FUZZTIME) ./phases/mesh
+	go test -run '^$$' -fuzz '^FuzzObservation$$' -fuzztime $(FUZZTIME) ./phases/mesh
+	go test -run '^$$' -fuzz '^FuzzParseStored$$' -fuzztime $(FUZZTIME) ./phases/mesh
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck

@@ -173,6 +173,11 @@ type Mesh struct {
 	Port int `yaml:"port,omitempty" jsonschema:"minimum=1,maximum=65535"`
 	// Interface is the WireGuard device name (default wg-castellan).
 	Interface string `yaml:"interface,omitempty"`
+	// SSHFrom are the addresses or CIDRs allowed to reach the nodes' sshd on the underlay,
+	// besides the address each node sees the installer's connection come from.
+	SSHFrom []string `yaml:"sshFrom,omitempty"`
+	// RotateKeysBefore rotates every WireGuard key created before this time (RFC 3339).
+	RotateKeysBefore string `yaml:"rotateKeysBefore,omitempty"`
 }
 
 // ArtifactSource says where RKE2's release artifacts come from.
