@@ -20,7 +20,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # unchanged (installer/ssh fails without them when real peers are required).
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
-	swtpm swtpm-tools tpm2-tools nftables zsh mksh ksh fish tcsh
+	swtpm swtpm-tools tpm2-tools nftables zsh mksh ksh fish tcsh tmux fonts-dejavu-core
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -38,6 +38,7 @@ test: test-deps lint ## every test that runs on this machine, plus short fuzz ru
 .PHONY: fuzz
 fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
+	go test -run '^$$' -fuzz '^FuzzUpdate$$' -fuzztime $(FUZZTIME) ./installer/profile
 	for f in FuzzDetect FuzzParseMountinfo FuzzParseProcNet FuzzParseSwaps FuzzParseEFIBool FuzzLUKS2Header; do \
 		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/preflight; done
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
@@ -89,6 +90,14 @@ demo: build lab-up ## the main job on the local lab: a real install, then a summ
 	@echo
 	@echo "State repo: $(LAB_DIR)/state   (history: $(BIN) history --state $(LAB_DIR)/state)"
 	$(BIN) history --state $(LAB_DIR)/state
+
+.PHONY: demo-tui
+demo-tui: build lab-up ## the same install, driven from the interactive TUI (in this terminal)
+	vagrant/lab.sh exec $(CURDIR)/$(BIN) -f $(LAB_DIR)/profile.yaml
+
+.PHONY: tui-screenshots
+tui-screenshots: test-deps ## redraw docs/tui/*.txt and *.png from a real terminal (tmux, sshd test nodes)
+	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_TUI_SCREENSHOTS=$(CURDIR)/docs/tui go test -count=1 -run '^(TestTerminal|TestPlanScreens|TestProgressScreens)$$' ./installer/tui
 
 .PHONY: e2e
 e2e: build ## lab up, apply, node assertions, no-op rerun, rollback, lab down

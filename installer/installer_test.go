@@ -26,7 +26,9 @@ import (
 // The nodes of these tests are real OpenSSH sshd processes in network
 // namespaces (sshtest). They share the test machine's file system, except
 // for the directories each node gets of its own: the agent's directory, the
-// identity directory (/var/lib/castellan/identity), and /run/systemd, where each node shows the marker systemd creates at boot
+// agent's verification stamps (/run/castellan), the identity directory
+// (/var/lib/castellan/identity), and /run/systemd, where each node shows the
+// marker systemd creates at boot
 // (/run/systemd/system, what sd_booted(3) checks), so that preflight's
 // "systemd is running" check passes on a test host without systemd as PID 1.
 // Everything else preflight checks is the test machine's own. That systemd
@@ -70,7 +72,7 @@ func buildCastellan(t testing.TB) string {
 // which preflight checks; the test host may boot with cgroup v1).
 func newLab(t testing.TB, n int) *sshtest.Lab {
 	t.Helper()
-	lab := sshtest.New(t, sshtest.Options{Nodes: n, PrivateDirs: []string{agent.BinDir, identity.DefaultDir, "/run/systemd"}, CgroupV2: true})
+	lab := sshtest.New(t, sshtest.Options{Nodes: n, PrivateDirs: []string{agent.BinDir, "/run/castellan", identity.DefaultDir, "/run/systemd"}, CgroupV2: true})
 	for _, node := range lab.Nodes {
 		if err := os.MkdirAll(filepath.Join(node.PrivatePath("/run/systemd"), "system"), 0o755); err != nil {
 			t.Fatal(err)

@@ -64,6 +64,9 @@ type Options struct {
 	// systemd's unified hierarchy (what kubelet requires and preflight
 	// checks), whatever the test host booted with.
 	CgroupV2 bool
+	// CPUAccounting puts every node's sshd (and so everything it runs) into
+	// one cgroup whose CPU time Lab.NodeCPU reports.
+	CPUAccounting bool
 	// Loopback puts the direct Nodes in the host's network namespace,
 	// each sshd listening on 127.0.0.1 on a free port of its own, for
 	// clients that dial by themselves (go-git's ssh transport, the ssh
@@ -111,6 +114,7 @@ type Lab struct {
 	t        testing.TB
 	private  []string // Options.PrivateDirs, cleaned
 	cgroupV2 bool     // Options.CgroupV2
+	cpu      *cpuAccount // Options.CPUAccounting
 	created  []string // mountpoints this lab created on the host
 	subnet   int      // second octet of 10.x.0.0/16
 	clientH  netns.NsHandle
@@ -211,6 +215,13 @@ func New(t testing.TB, opts Options) *Lab {
 	}
 
 	l.cgroupV2 = opts.CgroupV2
+	if opts.CPUAccounting {
+		cpu, err := newCPUAccount(l.ID)
+		if err != nil {
+			t.Fatalf("sshtest: %v", err)
+		}
+		l.cpu = cpu
+	}
 	for _, d := range opts.PrivateDirs {
 		c := filepath.Clean(d)
 		if !filepath.IsAbs(c) || c == "/" || strings.HasPrefix(c+"/", l.Dir+"/") {
@@ -549,6 +560,12 @@ LogLevel INFO
 		return fmt.Errorf("starting sshd for %s: %w", n.Name, err)
 	}
 	n.cmd = cmd
+	if l.cpu != nil {
+		if err := l.cpu.add(cmd.Process.Pid); err != nil {
+			_ = cmd.Process.Kill()
+			return err
+		}
+	}
 	ready := make(chan struct{})
 	go func() {
 		defer close(n.done)
@@ -806,6 +823,9 @@ func (l *Lab) teardown() {
 	}
 	if l.clientH.IsOpen() {
 		l.clientH.Close()
+	}
+	if l.cpu != nil {
+		l.cpu.remove()
 	}
 	os.Remove(l.statePth)
 	close(l.logDone)

@@ -336,3 +336,28 @@ func TestUsersAndNodeVariants(t *testing.T) {
 		t.Errorf("sudoers drop-in %s left behind", sudoers)
 	}
 }
+
+// TestNodeCPU: with CPUAccounting, the CPU the nodes burn for a connection
+// (here, a busy loop run over SSH) shows in NodeCPU.
+func TestNodeCPU(t *testing.T) {
+	lab := sshtest.New(t, sshtest.Options{Nodes: 1, CPUAccounting: true})
+	before, err := lab.NodeCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := castssh.Connect(context.Background(), lab.Config(), lab.Nodes[0].Host())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Run(context.Background(), castssh.Cmd{Argv: []string{"sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"}}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := lab.NodeCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before < 50*time.Millisecond {
+		t.Errorf("node CPU grew by %v for a busy loop", after-before)
+	}
+}
