@@ -18,6 +18,7 @@ func Phases() []engine.Phase {
 	return []engine.Phase{
 		preflight.Phase{},
 		identity.Phase{},
+		mesh.Phase{Identity: identityForMesh{}},
 	}
 }
 

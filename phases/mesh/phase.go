@@ -382,6 +382,20 @@ func (p Phase) Plan(ctx context.Context, v *engine.View) (engine.Plan, error) {
 		plan.Notes = append(plan.Notes, "spec.mesh.enabled is false: the mesh is left as it is")
 		return plan, nil
 	}
+	if wait, err := p.waitingFor(ctx, v); err != nil || wait != "" {
+		if err != nil {
+			return plan, err
+		}
+		// Planned before the phases it builds on have run (the plan a
+		// person confirms on a first apply): what will happen, in outline.
+		// The exact changes are planned right before the mesh applies,
+		// once those phases have applied theirs.
+		for _, n := range v.NodeNames() {
+			plan.Changes = append(plan.Changes, engine.NewChange(n, ActionConfigure, v.Profile().Spec.Mesh.Interface,
+				fmt.Sprintf("join the WireGuard mesh on %s and close the underlay to everything but the mesh and SSH (planned in detail after %s)", v.Profile().Spec.Mesh.Interface, wait), nil))
+		}
+		return plan, nil
+	}
 	s, err := p.analyze(ctx, v, v)
 	if err != nil {
 		return plan, err
@@ -392,6 +406,31 @@ func (p Phase) Plan(ctx context.Context, v *engine.View) (engine.Plan, error) {
 		return plan, err
 	}
 	return plan, s.publish(v)
+}
+
+// waitingFor names the phase that must apply first before the mesh can be
+// planned in detail: preflight while a targeted node lacks the agent, the
+// identity phase while it has published no trust anchors or no certificate
+// for a targeted node. "" when nothing is missing.
+func (p Phase) waitingFor(ctx context.Context, v *engine.View) (string, error) {
+	for _, n := range v.NodeNames() {
+		st, err := v.Agent(ctx, n)
+		if err != nil {
+			return "", err
+		}
+		if !st.Installed {
+			return "preflight installs the agent and the identity phase enrols the nodes", nil
+		}
+	}
+	if _, _, ok := p.Identity.Trust(v); !ok {
+		return "the identity phase enrols the nodes", nil
+	}
+	for _, n := range v.NodeNames() {
+		if _, ok := p.Identity.Certificate(v, n); !ok {
+			return "the identity phase enrols " + n, nil
+		}
+	}
+	return "", nil
 }
 
 // changes lists what Apply does, node by node in profile order.

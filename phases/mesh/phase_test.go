@@ -3,6 +3,7 @@ package mesh
 import (
 	"bufio"
 	"bytes"
+	"castellan/installer/testenv"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -11,6 +12,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -121,7 +123,7 @@ func startNodeProcess(t *testing.T, n *testNode, iface string) *agentProcess {
 	t.Helper()
 	requireTun(t)
 	if _, err := exec.LookPath("nsenter"); err != nil {
-		t.Skip("needs nsenter and unshare (util-linux)")
+		testenv.Missing(t, "needs nsenter and unshare (util-linux; make test-deps installs it)")
 	}
 	exe, _ := os.Executable()
 	cmd := exec.Command("ip", "netns", "exec", n.ns, "unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -388,4 +390,42 @@ func TestPhase(t *testing.T) {
 		}
 	}
 	t.Logf("refused: %s", ses.NodeErrors()["n3"])
+}
+
+// noIdentityYet is an identity that has published nothing yet: a first
+// apply's plan, before the identity phase enrolled the nodes.
+type noIdentityYet struct{}
+
+func (noIdentityYet) Certificate(*engine.View, string) ([]byte, bool) { return nil, false }
+func (noIdentityYet) Trust(*engine.View) ([]byte, []byte, bool)       { return nil, nil, false }
+func (noIdentityYet) Sign(context.Context, *engine.Run, string, []byte) ([]byte, error) {
+	return nil, errors.New("not enrolled")
+}
+
+// TestPlanBeforeTheIdentityPhase: planned at the prompt of a first apply
+// (no agent on the nodes, no certificate yet), the mesh says in outline what
+// it will do on every node instead of failing; the detail is planned after
+// the phases it builds on have applied.
+func TestPlanBeforeTheIdentityPhase(t *testing.T) {
+	for _, agentThere := range []bool{false, true} {
+		nodes := enginetest.NewFakeNodes(Phase{}.Ops()...)
+		cfg := engine.SessionConfig{ID: "plan", Access: nodes, Store: enginetest.NewMemStore()}
+		prof := &profile.Profile{}
+		prof.Metadata.Name = "c"
+		on := true
+		prof.Spec.Mesh = profile.Mesh{Enabled: &on, Subnet: "10.99.0.0/24", Port: 51871, Interface: "wg-castellan"}
+		for _, n := range []string{"n0", "n1"} {
+			prof.Spec.Nodes = append(prof.Spec.Nodes, profile.Node{Name: n, Address: "192.0.2.1"})
+			nodes.SetAgent(n, agentThere)
+		}
+		cfg.Profile, cfg.Nodes = prof, prof.Spec.Nodes
+		s := engine.NewSession(cfg)
+		plan, err := Phase{Identity: noIdentityYet{}}.Plan(context.Background(), s.View(Name))
+		if err != nil {
+			t.Fatalf("agent there %v: plan failed: %v", agentThere, err)
+		}
+		if len(plan.Changes) != 2 || plan.Changes[0].Action != ActionConfigure || !strings.Contains(plan.Changes[0].Summary, "planned in detail after") {
+			t.Errorf("agent there %v: plan = %+v", agentThere, plan)
+		}
+	}
 }

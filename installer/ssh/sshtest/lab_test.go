@@ -2,6 +2,7 @@ package sshtest_test
 
 import (
 	"bytes"
+	"castellan/installer/testenv"
 	"context"
 	"fmt"
 	"net"
@@ -181,10 +182,7 @@ func TestLoopbackNodes(t *testing.T) {
 	t.Parallel()
 	if _, err := exec.LookPath("ssh"); err != nil {
 		sshtest.Require(t)
-		if os.Getenv(sshtest.RequireEnv) == "1" {
-			t.Fatalf("the ssh client is missing: %v", err)
-		}
-		t.Skipf("the ssh client is missing: %v", err)
+		testenv.Missing(t, "the ssh client is missing: %v", err)
 	}
 	var addrs []string
 	var sleeper int
