@@ -25,6 +25,8 @@ type Profile struct {
 	Raw []byte
 
 	pos map[string]Pos
+	// workloadFiles are the workloads of spec.netpol.workloadFiles, read by Validate.
+	workloadFiles []SourcedWorkload
 }
 
 // maxProfileSize bounds what Parse reads; a real profile is a few kilobytes.

@@ -61,7 +61,8 @@ func (p *Profile) Validate(opts ValidateOptions) error {
 	v.networks()
 	v.rke2(opts)
 	v.services()
-	v.netpol()
+	v.netpol(opts)
+	v.clusterAccess(opts)
 	v.state(opts)
 	if len(v.errs) > 0 {
 		return v.errs.sorted()
@@ -437,31 +438,12 @@ func (v *validator) services() {
 	}
 }
 
-func (v *validator) netpol() {
-	names := map[string]bool{}
-	for i, w := range v.p.Spec.NetPol.Workloads {
-		f := fmt.Sprintf("spec.netpol.workloads[%d]", i)
-		if !dnsLabel.MatchString(w.Name) {
-			v.errf(f+".name", "expected a DNS label, got %q", w.Name)
-		}
-		if !dnsLabel.MatchString(w.Namespace) {
-			v.errf(f+".namespace", "expected a namespace name, got %q", w.Namespace)
-		}
-		key := w.Namespace + "/" + w.Name
-		if names[key] {
-			v.errf(f+".name", "workload %s is declared twice", key)
-		}
-		names[key] = true
-		v.labels(f+".podSelector", w.PodSelector)
-		for _, dir := range []struct {
-			name string
-			ops  map[string]Opening
-		}{{"ingress", w.Ingress}, {"egress", w.Egress}} {
-			for _, name := range sortedKeys(dir.ops) {
-				v.opening(f+"."+dir.name+"."+name, name, dir.ops[name])
-			}
-		}
+func (v *validator) netpol(opts ValidateOptions) {
+	seen := v.inlineWorkloads()
+	if !opts.SkipFileChecks {
+		v.netpolFiles(seen)
 	}
+	v.netpolNamespaces()
 }
 
 func (v *validator) opening(f, name string, o Opening) {
