@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -29,7 +30,8 @@ type ClusterAccess struct {
 // SourcedWorkload is a workload and where it was declared.
 type SourcedWorkload struct {
 	Workload
-	// File declares the workload: the profile's path as given, or a workload file's absolute path.
+	// File declares the workload: the profile's path as given, or a workload file's path
+	// (relative to the directory the profile was given in when it lies below it).
 	File string
 	// Pos is where the workload starts in File.
 	Pos Pos
@@ -256,8 +258,9 @@ func (v *validator) netpolFiles(seen map[string]string) {
 			continue
 		}
 		sort.Strings(matches)
-		for _, file := range matches {
-			w, pos, err := readWorkloadFile(file)
+		for _, match := range matches {
+			file := v.p.display(match)
+			w, pos, err := readWorkloadFile(match, file)
 			if err != nil {
 				var es Errors
 				if errors.As(err, &es) {
@@ -275,17 +278,29 @@ func (v *validator) netpolFiles(seen map[string]string) {
 	}
 }
 
-func readWorkloadFile(file string) (*Workload, map[string]Pos, error) {
-	fh, err := os.Open(file)
+// display names a file found beside the profile as the user named the
+// profile: relative to the directory the profile was given in, or absolute
+// if it lies outside it.
+func (p *Profile) display(file string) string {
+	rel, err := filepath.Rel(p.Dir, file)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return file
+	}
+	return filepath.Join(filepath.Dir(p.File), rel)
+}
+
+// readWorkloadFile reads the workload file at path; name is used in errors.
+func readWorkloadFile(path, name string) (*Workload, map[string]Pos, error) {
+	fh, err := os.Open(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("cannot read workload file %s: %v", file, unwrapPathErr(err))
+		return nil, nil, fmt.Errorf("cannot read workload file %s: %v", path, unwrapPathErr(err))
 	}
 	defer fh.Close()
 	data, err := io.ReadAll(io.LimitReader(fh, maxWorkloadFileSize+1))
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading workload file %s: %w", file, err)
+		return nil, nil, fmt.Errorf("reading workload file %s: %w", path, err)
 	}
-	return parseWorkload(file, data)
+	return parseWorkload(name, data)
 }
 
 // ParseWorkload decodes one workload file strictly, as the profile loader

@@ -32,8 +32,8 @@ type WorkloadExplanation struct {
 	Reach string `json:"reach"`
 	// Reaches is what the workload may reach (its egress), in words.
 	Reaches string `json:"reaches"`
-	Ingress []Rule  `json:"ingress"`
-	Egress  []Rule  `json:"egress"`
+	Ingress []Rule `json:"ingress"`
+	Egress  []Rule `json:"egress"`
 }
 
 // Rule is one compiled opening, explained.

@@ -172,12 +172,12 @@ spec:
 		src, dst Endpoint
 		want     bool
 	}{
-		{a, cc, false},          // a's egress is denied
-		{cc, a, false},          // a's ingress is denied
-		{a, a, false},           // even inside the namespace
-		{b, cc, true},           // no policyTypes and no egress rules: Ingress only
-		{cc, b, false},          // b's ingress is denied
-		{cc, cc, true},          // c has no policies
+		{a, cc, false}, // a's egress is denied
+		{cc, a, false}, // a's ingress is denied
+		{a, a, false},  // even inside the namespace
+		{b, cc, true},  // no policyTypes and no egress rules: Ingress only
+		{cc, b, false}, // b's ingress is denied
+		{cc, cc, true}, // c has no policies
 		{addr("192.0.2.1"), cc, true},
 	} {
 		got, err := c.Allowed(tt.src, tt.dst, 443, corev1.ProtocolTCP)
