@@ -15,9 +15,12 @@ STATICCHECK := $(CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 FUZZTIME    ?= 15s
 export CASTELLAN_CACHE := $(CACHE)
 
-# Debian packages the tests' real peers and tools need.
-TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux \
-	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin
+# Debian packages the tests' real peers and tools need. The login shells are
+# the ones a node's user may have: remote commands must pass through each
+# unchanged (installer/ssh fails without them when real peers are required).
+TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
+	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
+	swtpm swtpm-tools nftables zsh mksh ksh fish tcsh tmux fonts-dejavu-core
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -41,8 +44,21 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
 	go test -run '^$$' -fuzz '^FuzzParseWorkload$$' -fuzztime $(FUZZTIME) ./installer/profile
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./phases/netpol
-	go test -run '^$$' -fuzz '^FuzzDetectSignature$$' -fuzztime $(FUZZTIME) ./phases/preflight
+	go test -run '^$$' -fuzz '^FuzzUpdate$$' -fuzztime $(FUZZTIME) ./installer/profile
+	for f in FuzzDetect FuzzParseMountinfo FuzzParseProcNet FuzzParseSwaps FuzzParseEFIBool FuzzLUKS2Header; do \
+		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/preflight; done
 	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzKnownHosts$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzMarkerFilter$$' -fuzztime $(FUZZTIME) ./installer/ssh
+	go test -run '^$$' -fuzz '^FuzzDecodeResponse$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME) ./installer/agent
+	go test -run '^$$' -fuzz '^FuzzClean$$' -fuzztime $(FUZZTIME) ./installer/report
+	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
+	go test -run '^$$' -fuzz '^FuzzParseProcNetTCP$$' -fuzztime $(FUZZTIME) ./phases/mesh
+	go test -run '^$$' -fuzz '^FuzzObservation$$' -fuzztime $(FUZZTIME) ./phases/mesh
+	go test -run '^$$' -fuzz '^FuzzParseStored$$' -fuzztime $(FUZZTIME) ./phases/mesh
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck
@@ -58,6 +74,7 @@ bench: test-deps ## benchmarks: plan time, SSH connect, preflight vs Ansible (pr
 	vagrant/scripts/ensure-packages.sh ansible
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh ./installer
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench Enrolment -benchtime 5x ./phases/identity
 
 .PHONY: schema
 schema: ## regenerate profiles/cluster.schema.json from the Go types
@@ -79,6 +96,14 @@ demo: build lab-up ## the main job on the local lab: a real install, then a summ
 	@echo
 	@echo "State repo: $(LAB_DIR)/state   (history: $(BIN) history --state $(LAB_DIR)/state)"
 	$(BIN) history --state $(LAB_DIR)/state
+
+.PHONY: demo-tui
+demo-tui: build lab-up ## the same install, driven from the interactive TUI (in this terminal)
+	vagrant/lab.sh exec $(CURDIR)/$(BIN) -f $(LAB_DIR)/profile.yaml
+
+.PHONY: tui-screenshots
+tui-screenshots: test-deps ## redraw docs/tui/*.txt and *.png from a real terminal (tmux, sshd test nodes)
+	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_TUI_SCREENSHOTS=$(CURDIR)/docs/tui go test -count=1 -run '^(TestTerminal|TestPlanScreens|TestProgressScreens)$$' ./installer/tui
 
 .PHONY: e2e
 e2e: build ## lab up, apply, node assertions, no-op rerun, rollback, lab down

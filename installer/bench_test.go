@@ -1,7 +1,6 @@
 package installer
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"castellan/installer/agent"
 	"castellan/installer/engine"
 	"castellan/installer/ssh/sshtest"
+	"castellan/installer/testenv"
 )
 
 // BenchmarkPreflightVsAnsible measures a no-op preflight (the agent is in
@@ -26,7 +26,7 @@ import (
 // facts are gathered all the same, which is what is measured.
 func BenchmarkPreflightVsAnsible(b *testing.B) {
 	if _, err := exec.LookPath("ansible"); err != nil {
-		b.Skip("ansible is not installed (make bench installs it)")
+		testenv.Missing(b, "ansible is not installed (make bench installs it)")
 	}
 	for _, n := range []int{1, 10, 50} {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
@@ -34,8 +34,8 @@ func BenchmarkPreflightVsAnsible(b *testing.B) {
 			prof := testCluster(b, lab, "", "")
 			bin := buildCastellan(b)
 			// Ship the agent once: what follows is the no-op rerun.
-			res, _ := Apply(context.Background(), context.Background(), testOptions(b, lab, prof, &engine.Recorder{}))
-			if res == nil || len(res.Record.Facts) != n {
+			res, _ := applyYes(b, testConfig(b, lab, &engine.Recorder{}), prof)
+			if res == nil || len(res.Record.Outputs["preflight.facts"]) != n {
 				b.Fatalf("the first apply did not reach every node: %+v", res)
 			}
 			inv := ansibleInventory(b, lab)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -31,15 +32,15 @@ spec.netpol.namespaces.`,
 
 // loadNetpol loads the profile as the offline netpol commands need it: SSH
 // keys and known_hosts may be missing, the workload files may not.
-func loadNetpol(path string) (*profile.Profile, *netpol.Compiled, error) {
+func loadNetpol(ctx context.Context, path string) (*profile.Profile, *netpol.Compiled, error) {
 	if path == "" {
 		return nil, nil, &installer.InputError{Err: errors.New("no profile: give one with -f PROFILE")}
 	}
-	p, err := profile.Load(path, profile.ValidateOptions{SkipFileChecks: true})
+	p, err := profile.LoadContext(ctx, path, profile.ValidateOptions{SkipFileChecks: true})
 	if err != nil {
 		return nil, nil, &installer.InputError{Err: err}
 	}
-	if err := p.ReadWorkloadFiles(); err != nil {
+	if err := p.ReadWorkloadFiles(ctx); err != nil {
 		return nil, nil, &installer.InputError{Err: err}
 	}
 	c, err := netpol.Compile(netpol.InputFrom(p))
@@ -60,7 +61,7 @@ workload or the ones named (NAME or NAMESPACE/NAME), who may reach it on which
 ports and what it may reach: in words, then as a table, then notes on what
 castellan changed (the cluster DNS opening) and on what the other side must open.`,
 		RunE: func(cmd *cobra.Command, names []string) error {
-			_, c, err := loadNetpol(file)
+			_, c, err := loadNetpol(a.ctx, file)
 			if err != nil {
 				return err
 			}
@@ -82,7 +83,7 @@ castellan changed (the cluster DNS opening) and on what the other side must open
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	_ = cmd.MarkFlagRequired("file")
 	cmd.ValidArgsFunction = func(cmd *cobra.Command, _ []string, _ string) ([]string, cobra.ShellCompDirective) {
-		return netpolNames(file), cobra.ShellCompDirectiveNoFileComp
+		return netpolNames(cmd.Context(), file), cobra.ShellCompDirectiveNoFileComp
 	}
 	return cmd
 }
@@ -97,7 +98,7 @@ separated by ---, which kubectl apply -f - takes as they are. It reads the
 profile alone.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, c, err := loadNetpol(file)
+			_, c, err := loadNetpol(a.ctx, file)
 			if err != nil {
 				return err
 			}
@@ -120,7 +121,7 @@ updated or deleted (policies castellan made that the profile no longer
 declares). It writes nothing; castellan apply applies them.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, c, err := loadNetpol(file)
+			p, c, err := loadNetpol(a.ctx, file)
 			if err != nil {
 				return err
 			}
@@ -163,8 +164,8 @@ func count(p *netpol.Plan, action netpol.Action) int {
 }
 
 // netpolNames lists the workloads for shell completion.
-func netpolNames(file string) []string {
-	_, c, err := loadNetpol(file)
+func netpolNames(ctx context.Context, file string) []string {
+	_, c, err := loadNetpol(ctx, file)
 	if err != nil {
 		return nil
 	}

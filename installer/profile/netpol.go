@@ -2,17 +2,19 @@ package profile
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"castellan/installer/localfile"
 )
 
 // ClusterAccess says how cluster-level phases (network policies, services)
@@ -53,7 +55,7 @@ func (p *Profile) Workloads() []SourcedWorkload {
 	out := make([]SourcedWorkload, 0, len(p.Spec.NetPol.Workloads)+len(p.workloadFiles))
 	for i, w := range p.Spec.NetPol.Workloads {
 		field := fmt.Sprintf("spec.netpol.workloads[%d]", i)
-		out = append(out, SourcedWorkload{Workload: w, File: p.File, Pos: p.posOf(field), Field: field})
+		out = append(out, SourcedWorkload{Workload: w, File: p.File, Pos: p.Position(field), Field: field})
 	}
 	return append(out, p.workloadFiles...)
 }
@@ -112,15 +114,15 @@ var systemNamespaces = map[string]bool{"kube-system": true, "kube-public": true,
 // seen maps namespace/name to where each workload was declared.
 func (v *validator) workload(prefix string, w Workload, seen map[string]string) {
 	if !dnsLabel.MatchString(w.Name) {
-		v.errf(prefix+"name", "expected a DNS label, got %q", w.Name)
+		v.errf(prefix+"name", "expected a DNS label, got %s", quote(w.Name))
 	}
 	if !dnsLabel.MatchString(w.Namespace) {
-		v.errf(prefix+"namespace", "expected a namespace name, got %q", w.Namespace)
+		v.errf(prefix+"namespace", "expected a namespace name, got %s", quote(w.Namespace))
 	} else if systemNamespaces[w.Namespace] {
 		v.errf(prefix+"namespace", "%s holds the cluster's own components, whose traffic a profile does not declare: castellan does not put it under default-deny; move the workload to a namespace of its own", w.Namespace)
 	}
 	key := w.Namespace + "/" + w.Name
-	here := v.p.posOf(prefix + "name")
+	here := v.p.Position(prefix + "name")
 	if where, dup := seen[key]; dup {
 		v.errf(prefix+"name", "workload %s is declared twice (first at %s)", key, where)
 	} else {
@@ -195,8 +197,8 @@ func (v *validator) inlineWorkloads() map[string]string {
 // render) load it with SkipFileChecks, so that SSH keys and known_hosts may
 // be missing, and then call this. Problems come back as Errors, each naming
 // its file:line:column.
-func (p *Profile) ReadWorkloadFiles() error {
-	v := &validator{p: p}
+func (p *Profile) ReadWorkloadFiles(ctx context.Context) error {
+	v := &validator{ctx: ctx, p: p, files: map[string]fileResult{}}
 	seen := v.inlineWorkloads()
 	v.errs = nil // reported by Validate already
 	v.netpolFiles(seen)
@@ -213,7 +215,7 @@ func (v *validator) netpolNamespaces() {
 		f := fmt.Sprintf("spec.netpol.namespaces[%d]", i)
 		switch j, dup := seen[ns]; {
 		case !dnsLabel.MatchString(ns):
-			v.errf(f, "expected a namespace name, got %q", ns)
+			v.errf(f, "expected a namespace name, got %s", quote(ns))
 		case systemNamespaces[ns]:
 			v.errf(f, "%s holds the cluster's own components, whose traffic a profile does not declare: castellan does not put it under default-deny", ns)
 		case dup:
@@ -224,18 +226,35 @@ func (v *validator) netpolNamespaces() {
 	}
 }
 
-// clusterAccess checks spec.cluster.
-func (v *validator) clusterAccess(opts ValidateOptions) {
+// MaxKubeconfigSize bounds the kubeconfig file (one with a few clusters and
+// embedded certificates is a few tens of KiB).
+const MaxKubeconfigSize = 1 << 20
+
+// clusterAccess checks spec.cluster: the kubeconfig must be a regular file
+// holding a YAML mapping (kubernetes.io/docs/concepts/configuration/
+// organize-cluster-access-kubeconfig); the context is looked up when the
+// cluster is reached. Its content holds credentials: no message quotes it.
+func (v *validator) clusterAccess() {
 	c := v.p.Spec.Cluster
 	if c.Context != "" && c.Kubeconfig == "" {
 		v.errf("spec.cluster.context", "a context needs the kubeconfig it is in: set spec.cluster.kubeconfig")
 	}
-	v.readable("spec.cluster.kubeconfig", c.Kubeconfig, opts, "kubeconfig")
+	data, ok, err := v.read("spec.cluster.kubeconfig", c.Kubeconfig, MaxKubeconfigSize)
+	if !ok {
+		return
+	}
+	if err != nil {
+		v.errf("spec.cluster.kubeconfig", "cannot read kubeconfig %v", err)
+		return
+	}
+	var doc map[string]any
+	if yaml.Unmarshal(data, &doc) != nil || doc["clusters"] == nil {
+		v.errf("spec.cluster.kubeconfig", "%s is not a kubeconfig (a YAML file with clusters, users and contexts, such as RKE2 writes to /etc/rancher/rke2/rke2.yaml)", v.p.Resolve(c.Kubeconfig))
+	}
 }
 
-// maxWorkloadFileSize bounds what a workload file may hold; a real one is a
-// few hundred bytes.
-const maxWorkloadFileSize = 1 << 20
+// MaxWorkloadFileSize bounds a workload file; a real one is a few hundred bytes.
+const MaxWorkloadFileSize = 256 << 10
 
 // netpolFiles reads spec.netpol.workloadFiles, decodes each file strictly
 // and checks its workload, with errors naming the workload file's
@@ -250,7 +269,7 @@ func (v *validator) netpolFiles(seen map[string]string) {
 		}
 		matches, err := filepath.Glob(v.p.Resolve(pattern))
 		if err != nil {
-			v.errf(f, "%q is not a valid glob pattern: %v", pattern, err)
+			v.errf(f, "%s is not a valid glob pattern: %v", quote(pattern), err)
 			continue
 		}
 		if len(matches) == 0 {
@@ -260,7 +279,7 @@ func (v *validator) netpolFiles(seen map[string]string) {
 		sort.Strings(matches)
 		for _, match := range matches {
 			file := v.p.display(match)
-			w, pos, err := readWorkloadFile(match, file)
+			wf, err := v.readWorkloadFile(match, file)
 			if err != nil {
 				var es Errors
 				if errors.As(err, &es) {
@@ -270,10 +289,10 @@ func (v *validator) netpolFiles(seen map[string]string) {
 				}
 				continue
 			}
-			sub := &validator{p: &Profile{Cluster: v.p.Cluster, File: file, pos: pos}}
-			sub.workload("", *w, seen)
+			sub := &validator{ctx: v.ctx, p: &Profile{Cluster: v.p.Cluster, File: file, pos: wf.pos, set: wf.set, bad: wf.bad}, opts: v.opts, files: v.files}
+			sub.workload("", wf.w, seen)
 			v.errs = append(v.errs, sub.errs...)
-			v.p.workloadFiles = append(v.p.workloadFiles, SourcedWorkload{Workload: *w, File: file, Pos: pos[""]})
+			v.p.workloadFiles = append(v.p.workloadFiles, SourcedWorkload{Workload: wf.w, File: file, Pos: wf.pos[""]})
 		}
 	}
 }
@@ -289,16 +308,21 @@ func (p *Profile) display(file string) string {
 	return filepath.Join(filepath.Dir(p.File), rel)
 }
 
-// readWorkloadFile reads the workload file at path; name is used in errors.
-func readWorkloadFile(path, name string) (*Workload, map[string]Pos, error) {
-	fh, err := os.Open(path)
+// parsedWorkload is a decoded workload file, with where each field is.
+type parsedWorkload struct {
+	w        Workload
+	pos      map[string]Pos
+	set, bad map[string]bool
+}
+
+// readWorkloadFile reads the workload file at path (a regular file of at most
+// MaxWorkloadFileSize bytes, within FileTimeout); name is used in errors.
+func (v *validator) readWorkloadFile(path, name string) (*parsedWorkload, error) {
+	ctx, cancel := context.WithTimeout(v.ctx, FileTimeout)
+	defer cancel()
+	data, err := localfile.Read(ctx, path, MaxWorkloadFileSize)
 	if err != nil {
-		return nil, nil, fmt.Errorf("cannot read workload file %s: %v", path, unwrapPathErr(err))
-	}
-	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, maxWorkloadFileSize+1))
-	if err != nil {
-		return nil, nil, fmt.Errorf("reading workload file %s: %w", path, err)
+		return nil, fmt.Errorf("cannot read workload file %v", err)
 	}
 	return parseWorkload(name, data)
 }
@@ -311,41 +335,49 @@ func readWorkloadFile(path, name string) (*Workload, map[string]Pos, error) {
 // (field names, types, duplicates), and Load checks the meaning of the
 // workload files a profile lists.
 func ParseWorkload(name string, data []byte) (*Workload, error) {
-	w, _, err := parseWorkload(name, data)
-	return w, err
+	wf, err := parseWorkload(name, data)
+	if err != nil {
+		return nil, err
+	}
+	return &wf.w, nil
 }
 
-func parseWorkload(name string, data []byte) (*Workload, map[string]Pos, error) {
-	if len(data) > maxWorkloadFileSize {
-		return nil, nil, Errors{{File: name, Msg: fmt.Sprintf("workload file is larger than %d bytes; is this the right file?", maxWorkloadFileSize)}}
+func parseWorkload(name string, data []byte) (*parsedWorkload, error) {
+	if len(data) > MaxWorkloadFileSize {
+		return nil, Errors{{File: name, Pos: posAt(data, MaxWorkloadFileSize), Msg: fmt.Sprintf("workload file is larger than %s; is this the right file?", localfile.Size(MaxWorkloadFileSize))}}
 	}
+	if e := checkText(name, data); e != nil {
+		return nil, Errors{e}
+	}
+	empty := Errors{{File: name, Pos: Pos{1, 1}, Msg: "workload file is empty; it needs name, namespace and the openings (ingress, egress)"}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, nil, Errors{{File: name, Pos: Pos{1, 1}, Msg: "workload file is empty; it needs name, namespace and the openings (ingress, egress)"}}
+			return nil, empty
 		}
-		return nil, nil, Errors{syntaxError(name, err)}
+		return nil, Errors{syntaxError(name, data, err)}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return nil, nil, Errors{{File: name, Pos: nodePos(&extra), Msg: "workload file holds more than one YAML document; keep one workload per file"}}
+		return nil, Errors{{File: name, Pos: nodePos(&extra), Msg: "workload file holds more than one YAML document; keep one workload per file"}}
 	} else if !errors.Is(err, io.EOF) {
-		return nil, nil, Errors{syntaxError(name, err)}
+		return nil, Errors{syntaxError(name, data, err)}
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
 		root = root.Content[0]
 	}
-	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
-		return nil, nil, Errors{{File: name, Pos: Pos{1, 1}, Msg: "workload file is empty; it needs name, namespace and the openings (ingress, egress)"}}
+	if isNull(root) && root.Style&yaml.TaggedStyle == 0 {
+		return nil, empty
 	}
 	d := newDecoder(name)
-	var w Workload
-	d.decode(root, reflect.ValueOf(&w).Elem(), "")
+	wf := &parsedWorkload{}
+	d.decode(root, reflect.ValueOf(&wf.w).Elem(), "")
 	if len(d.errs) > 0 {
-		return nil, nil, d.errs.sorted()
+		return nil, d.errs.sorted()
 	}
 	d.pos[""] = nodePos(root)
-	return &w, d.pos, nil
+	wf.pos, wf.set, wf.bad = d.pos, d.set, d.bad
+	return wf, nil
 }

@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
@@ -9,8 +10,8 @@ import (
 	"testing"
 )
 
-// writeFile writes body to name in dir and returns its path.
-func writeFile(t *testing.T, dir, name, body string) string {
+// writeIn writes body to name in dir and returns its path.
+func writeIn(t *testing.T, dir, name, body string) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -52,9 +53,9 @@ func TestWorkloadFiles(t *testing.T) {
     namespaces: [quiet]
 `)
 	dir := filepath.Dir(path)
-	writeFile(t, dir, "netpol/b-orders.yaml", "name: orders\nnamespace: shop\npodSelector: {app: orders}\n"+issueBlock)
-	writeFile(t, dir, "netpol/a-billing.yaml", "name: billing\nnamespace: shop\n"+issueBlock)
-	writeFile(t, dir, "extra.yaml", "name: extra\nnamespace: other\negress:\n  out: {ipBlock: 192.0.2.0/24, ports: {443: TCP}}\n")
+	writeIn(t, dir, "netpol/b-orders.yaml", "name: orders\nnamespace: shop\npodSelector: {app: orders}\n"+issueBlock)
+	writeIn(t, dir, "netpol/a-billing.yaml", "name: billing\nnamespace: shop\n"+issueBlock)
+	writeIn(t, dir, "extra.yaml", "name: extra\nnamespace: other\negress:\n  out: {ipBlock: 192.0.2.0/24, ports: {443: TCP}}\n")
 	p, err := Load(path, ValidateOptions{})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -84,7 +85,7 @@ func TestWorkloadFiles(t *testing.T) {
 	if n := len(q.Workloads()); n != 1 {
 		t.Fatalf("with SkipFileChecks, %d workloads; want the inline one only", n)
 	}
-	if err := q.ReadWorkloadFiles(); err != nil || len(q.Workloads()) != 4 {
+	if err := q.ReadWorkloadFiles(context.Background()); err != nil || len(q.Workloads()) != 4 {
 		t.Fatalf("ReadWorkloadFiles: %v, %d workloads", err, len(q.Workloads()))
 	}
 }
@@ -103,7 +104,7 @@ func TestWorkloadFileErrors(t *testing.T) {
 		{
 			name: "bad port type",
 			file: "name: web\nnamespace: shop\n" + strings.Replace(issueBlock, "8081: TCP", "http: TCP", 1),
-			want: `web.yaml:10:13: ingress.metrics.ports.http: expected a number as key, got "http"`,
+			want: `web.yaml:10:13: ingress.metrics.ports.http: expected a whole number as key, got the text "http"`,
 		},
 		{
 			name: "service IP trap",
@@ -140,7 +141,7 @@ func TestWorkloadFileErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeProfile(t, validProfile+"  netpol:\n    workloads:\n      - name: inline\n        namespace: apps\n    workloadFiles: [web.yaml]\n")
 			dir := filepath.Dir(path)
-			wf := writeFile(t, dir, "web.yaml", tt.file)
+			wf := writeIn(t, dir, "web.yaml", tt.file)
 			_, err := Load(path, ValidateOptions{})
 			var errs Errors
 			if !errors.As(err, &errs) {
@@ -195,6 +196,11 @@ func TestNetpolProfileErrors(t *testing.T) {
 			want: `cluster.yaml:18:5: spec.cluster.kubeconfig: cannot read kubeconfig {dir}/missing.kubeconfig: no such file or directory`,
 		},
 		{
+			name: "a key file is no kubeconfig",
+			body: validProfile + "  cluster:\n    kubeconfig: id_test\n",
+			want: `cluster.yaml:18:5: spec.cluster.kubeconfig: {dir}/id_test is not a kubeconfig (a YAML file with clusters, users and contexts, such as RKE2 writes to /etc/rancher/rke2/rke2.yaml)`,
+		},
+		{
 			name: "context without kubeconfig",
 			body: validProfile + "  cluster:\n    context: admin@prod\n",
 			want: `cluster.yaml:18:5: spec.cluster.context: a context needs the kubeconfig it is in: set spec.cluster.kubeconfig`,
@@ -220,7 +226,7 @@ func TestNetpolProfileErrors(t *testing.T) {
 func TestIssueBlockIsValid(t *testing.T) {
 	body := validProfile + "  netpol:\n    workloads:\n      - name: web\n        namespace: shop\n" + indent(issueBlock, "        ")
 	path := writeProfile(t, body)
-	writeFile(t, filepath.Dir(path), "admin.kubeconfig", "apiVersion: v1\nkind: Config\n")
+	writeIn(t, filepath.Dir(path), "admin.kubeconfig", "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: https://127.0.0.1:6443}}]\nusers: [{name: u, user: {}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n")
 	body += "  cluster:\n    kubeconfig: admin.kubeconfig\n"
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)

@@ -175,6 +175,11 @@ type Mesh struct {
 	Port int `yaml:"port,omitempty" jsonschema:"minimum=1,maximum=65535"`
 	// Interface is the WireGuard device name (default wg-castellan).
 	Interface string `yaml:"interface,omitempty"`
+	// SSHFrom are the addresses or CIDRs allowed to reach the nodes' sshd on the underlay,
+	// besides the address each node sees the installer's connection come from.
+	SSHFrom []string `yaml:"sshFrom,omitempty"`
+	// RotateKeysBefore rotates every WireGuard key created before this time (RFC 3339).
+	RotateKeysBefore string `yaml:"rotateKeysBefore,omitempty"`
 }
 
 // ArtifactSource says where RKE2's release artifacts come from.
@@ -208,8 +213,8 @@ type RKE2 struct {
 type Calico struct {
 	// WireGuard encrypts pod traffic between nodes (default true).
 	WireGuard *bool `yaml:"wireguard,omitempty"`
-	// MTU for pod interfaces (default: derived from the underlay leaving room for both WireGuard layers).
-	MTU int `yaml:"mtu,omitempty" jsonschema:"minimum=0,maximum=9000"`
+	// MTU for pod interfaces, 1280 to 9000 bytes (default: derived from the underlay leaving room for both WireGuard layers).
+	MTU int `yaml:"mtu,omitempty" jsonschema:"minimum=1280,maximum=9000"`
 }
 
 // Keycloak configures OIDC.
@@ -300,7 +305,7 @@ type Opening struct {
 	PodSelector map[string]string `yaml:"podSelector,omitempty"`
 	// IPBlock is a peer CIDR.
 	IPBlock string `yaml:"ipBlock,omitempty"`
-	// Ports map a port number to its protocol (TCP, UDP or SCTP).
+	// Ports map a port number (1 to 65535, in decimal) to its protocol (TCP, UDP or SCTP).
 	Ports map[int]string `yaml:"ports" jsonschema:"required"`
 }
 

@@ -2,6 +2,7 @@ package netpol
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"net/netip"
 	"os"
@@ -25,7 +26,7 @@ func loadProfile(t *testing.T, path string) *profile.Profile {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.ReadWorkloadFiles(); err != nil {
+	if err := p.ReadWorkloadFiles(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return p

@@ -62,6 +62,7 @@ type requirements struct {
 	wireguard bool
 	ports     []facts.Port
 	owners    map[string][]string // "udp/51871" -> processes that may hold it
+	devices   []string            // the data disks' device paths, as the profile names them
 }
 
 func requirementsFor(p *profile.Profile, n profile.Node) requirements {
@@ -70,6 +71,9 @@ func requirementsFor(p *profile.Profile, n profile.Node) requirements {
 		tpm:       p.Spec.Identity.TPM == profile.TPMRequired,
 		wireguard: profile.On(p.Spec.Mesh.Enabled),
 		owners:    map[string][]string{},
+	}
+	for _, d := range n.DataDisks {
+		r.devices = append(r.devices, d.Device)
 	}
 	if r.wireguard {
 		r.ports = append(r.ports, facts.Port{Port: p.Spec.Mesh.Port, Protocol: "udp"})
@@ -145,23 +149,10 @@ func check(r requirements, f facts.Node) []Problem {
 			errf("port %s is in use by %s: %s needs it; stop that service or change the port in the profile", key, holder, portPurpose(key))
 		}
 	}
-	for _, d := range r.node.DataDisks {
-		disk, ok := f.Disk(d.Device)
-		if !ok {
-			errf("data disk %s does not exist: attach it, or fix spec.nodes[%s].dataDisks (disks here: %s)", d.Device, r.node.Name, diskNames(f.Disks))
-			continue
-		}
-		switch {
-		case disk.ReadOnly:
-			errf("data disk %s is read-only", d.Device)
-		case disk.Mounted:
-			errf("data disk %s (or a partition of it) is mounted: it is in use by the system; castellan never touches a disk in use", d.Device)
-		case len(disk.Holders) > 0:
-			errf("data disk %s is in use by %s (device mapper: LVM, dm-crypt or RAID): castellan never touches a disk in use; free it or choose another", d.Device, strings.Join(disk.Holders, ", "))
-		case disk.SizeB < minDataDisk:
-			errf("data disk %s has %s: at least %s is needed", d.Device, bytesHuman(disk.SizeB), bytesHuman(minDataDisk))
-		}
-	}
+	ps = append(ps, checkDataDisks(r.node, f)...)
+	ps = append(ps, checkKubeletHost(f)...)
+	ps = append(ps, checkClock(f.Clock)...)
+	ps = append(ps, checkFirmware(r, f)...)
 	return ps
 }
 

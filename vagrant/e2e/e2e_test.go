@@ -188,7 +188,7 @@ func TestLab(t *testing.T) {
 				t.Errorf("%s: agent checksum %q, want %s", n, got, sum)
 			}
 			// Facts were gathered by the agent on the VM itself.
-			f, ok := o.result.Facts[n]
+			f, ok := o.result.NodeFacts(n)
 			if !ok {
 				t.Fatalf("%s: no facts in the run record", n)
 			}
@@ -206,7 +206,7 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("agent answers over SSH", func(t *testing.T) {
-		out := l.on(t, nodes[0], "sh", "-c", `echo '{"echo":"it'"'"'s me"}' | `+agentPath+` agent ping`)
+		out := l.on(t, nodes[0], "sh", "-c", `echo '{"echo":"it'"'"'s me"}' | `+agentPath+` agent agent.ping`)
 		var resp struct {
 			OK     bool `json:"ok"`
 			Result struct {
