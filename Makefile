@@ -13,6 +13,7 @@ LDFLAGS     := -s -w -X castellan/installer/buildinfo.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 FUZZTIME    ?= 15s
+BENCH_NODES ?= 50,200,500
 export CASTELLAN_CACHE := $(CACHE)
 
 # Debian packages the tests' real peers and tools need. The login shells are
@@ -70,10 +71,11 @@ $(STATICCHECK):
 	GOBIN=$(dir $@) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 .PHONY: bench
-bench: test-deps ## benchmarks: plan time, SSH connect, preflight vs Ansible (prints figures)
+bench: test-deps ## benchmarks: engine, SSH, no-op rerun at 50/200/500 nodes vs the floor and Ansible (prints figures)
 	vagrant/scripts/ensure-packages.sh ansible
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
-	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh ./installer
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh
+	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_BENCH_NODES=$(BENCH_NODES) go test -run '^$$' -bench Scale -benchtime 3x -timeout 60m ./installer
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench Enrolment -benchtime 5x ./phases/identity
 
 .PHONY: schema

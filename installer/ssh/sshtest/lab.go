@@ -112,11 +112,11 @@ type Lab struct {
 	SetupTime time.Duration
 
 	t        testing.TB
-	private  []string // Options.PrivateDirs, cleaned
-	cgroupV2 bool     // Options.CgroupV2
+	private  []string    // Options.PrivateDirs, cleaned
+	cgroupV2 bool        // Options.CgroupV2
 	cpu      *cpuAccount // Options.CPUAccounting
-	created  []string // mountpoints this lab created on the host
-	subnet   int      // second octet of 10.x.0.0/16
+	created  []string    // mountpoints this lab created on the host
+	subnet   int         // second octet of 10.x.0.0/16
 	clientH  netns.NsHandle
 	mu       sync.Mutex
 	closed   bool
