@@ -76,7 +76,7 @@ type Applier struct {
 
 // PruneSelector selects the policies castellan's netpol phase made for cluster.
 func PruneSelector(cluster string) labels.Selector {
-	return labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelPhase: Phase, LabelCluster: cluster})
+	return labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelPhase: Name, LabelCluster: cluster})
 }
 
 // Plan compares desired (Compile's policies, or Decode's of an earlier run)

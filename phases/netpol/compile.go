@@ -36,8 +36,7 @@ const (
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	ManagedBy      = "castellan"
 	LabelCluster   = "castellan.dev/cluster"
-	LabelPhase     = "castellan.dev/phase"
-	Phase          = "netpol"
+	LabelPhase     = "castellan.dev/phase" // its value is Name
 	LabelWorkload  = "netpol.castellan.dev/workload"
 	LabelDirection = "netpol.castellan.dev/direction"
 	LabelOpening   = "netpol.castellan.dev/opening"
@@ -259,7 +258,7 @@ func ports(m map[int]string) []networkingv1.NetworkPolicyPort {
 }
 
 func baseLabels(cluster string) map[string]string {
-	return map[string]string{LabelManagedBy: ManagedBy, LabelCluster: cluster, LabelPhase: Phase}
+	return map[string]string{LabelManagedBy: ManagedBy, LabelCluster: cluster, LabelPhase: Name}
 }
 
 func openingPolicy(cluster string, w profile.Workload, op Opening) networkingv1.NetworkPolicy {

@@ -124,7 +124,7 @@ func TestCompiledShape(t *testing.T) {
 		t.Error("web.egress.dns carries no note of the fix")
 	}
 	for _, np := range c.Policies {
-		if np.Labels[LabelManagedBy] != ManagedBy || np.Labels[LabelCluster] != "shopfloor" || np.Labels[LabelPhase] != Phase {
+		if np.Labels[LabelManagedBy] != ManagedBy || np.Labels[LabelCluster] != "shopfloor" || np.Labels[LabelPhase] != Name {
 			t.Errorf("%s/%s lacks castellan's labels: %v", np.Namespace, np.Name, np.Labels)
 		}
 	}

@@ -151,8 +151,8 @@ func Decode(r io.Reader) ([]networkingv1.NetworkPolicy, error) {
 		if np.Name == "" || np.Namespace == "" {
 			return nil, fmt.Errorf("document %d: a NetworkPolicy needs metadata.name and metadata.namespace", n)
 		}
-		if np.Labels[LabelManagedBy] != ManagedBy || np.Labels[LabelPhase] != Phase || np.Labels[LabelCluster] == "" {
-			return nil, fmt.Errorf("document %d: %s/%s does not carry castellan's labels (%s=%s, %s=%s, %s)", n, np.Namespace, np.Name, LabelManagedBy, ManagedBy, LabelPhase, Phase, LabelCluster)
+		if np.Labels[LabelManagedBy] != ManagedBy || np.Labels[LabelPhase] != Name || np.Labels[LabelCluster] == "" {
+			return nil, fmt.Errorf("document %d: %s/%s does not carry castellan's labels (%s=%s, %s=%s, %s)", n, np.Namespace, np.Name, LabelManagedBy, ManagedBy, LabelPhase, Name, LabelCluster)
 		}
 		if cluster != "" && np.Labels[LabelCluster] != cluster {
 			return nil, fmt.Errorf("document %d: %s/%s belongs to cluster %q, the others to %q", n, np.Namespace, np.Name, np.Labels[LabelCluster], cluster)
