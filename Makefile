@@ -21,7 +21,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # unchanged (installer/ssh fails without them when real peers are required).
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
-	swtpm swtpm-tools nftables zsh mksh ksh fish tcsh tmux fonts-dejavu-core
+	swtpm swtpm-tools tpm2-tools nftables zsh mksh ksh fish tcsh tmux fonts-dejavu-core
 
 .PHONY: build
 build: ## the static castellan binary in bin/
@@ -76,7 +76,8 @@ bench: test-deps ## benchmarks: engine, SSH, no-op rerun at 50/200/500 nodes vs 
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh
 	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_BENCH_NODES=$(BENCH_NODES) go test -run '^$$' -bench Scale -benchtime 3x -timeout 60m ./installer
-	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench Enrolment -benchtime 5x ./phases/identity
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench 'Enrolment|Phase' -benchtime 5x ./phases/identity
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench NoOpRerunIdentityCost -benchtime 3x -timeout 30m ./installer
 
 .PHONY: schema
 schema: ## regenerate profiles/cluster.schema.json from the Go types

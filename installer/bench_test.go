@@ -18,6 +18,7 @@ import (
 	castssh "castellan/installer/ssh"
 	"castellan/installer/ssh/sshtest"
 	"castellan/installer/testenv"
+	"castellan/phases/identity"
 )
 
 // BenchmarkScale measures what a no-op rerun costs at 50, 200 and 500 nodes
@@ -59,7 +60,7 @@ type measure struct {
 
 func benchScale(b *testing.B, n int) {
 	lab := sshtest.New(b, sshtest.Options{Nodes: n, HostKeyTypes: []string{sshtest.Ed25519},
-		PrivateDirs: []string{agent.BinDir, "/run/castellan", "/run/systemd"}, CgroupV2: true, CPUAccounting: true})
+		PrivateDirs: []string{agent.BinDir, "/run/castellan", identity.DefaultDir, "/run/systemd"}, CgroupV2: true, CPUAccounting: true})
 	for _, node := range lab.Nodes {
 		if err := os.MkdirAll(filepath.Join(node.PrivatePath("/run/systemd"), "system"), 0o755); err != nil {
 			b.Fatal(err)

@@ -20,13 +20,15 @@ import (
 	castssh "castellan/installer/ssh"
 	"castellan/installer/ssh/sshtest"
 	"castellan/installer/state"
+	"castellan/phases/identity"
 )
 
 // The nodes of these tests are real OpenSSH sshd processes in network
 // namespaces (sshtest). They share the test machine's file system, except
 // for the directories each node gets of its own: the agent's directory, the
-// agent's verification stamps (/run/castellan), and /run/systemd, where each
-// node shows the marker systemd creates at boot
+// agent's verification stamps (/run/castellan), the identity directory
+// (/var/lib/castellan/identity), and /run/systemd, where each node shows the
+// marker systemd creates at boot
 // (/run/systemd/system, what sd_booted(3) checks), so that preflight's
 // "systemd is running" check passes on a test host without systemd as PID 1.
 // Everything else preflight checks is the test machine's own. That systemd
@@ -68,12 +70,12 @@ func buildCastellan(t testing.TB) string {
 	return bin
 }
 
-// newLab starts n sshd nodes, each with its own agent directory, a
-// systemd boot marker and a cgroup v2 hierarchy (kubelet's requirement,
+// newLab starts n sshd nodes, each with its own agent directory, identity
+// directory, a systemd boot marker and a cgroup v2 hierarchy (kubelet's requirement,
 // which preflight checks; the test host may boot with cgroup v1).
 func newLab(t testing.TB, n int) *sshtest.Lab {
 	t.Helper()
-	lab := sshtest.New(t, sshtest.Options{Nodes: n, PrivateDirs: []string{agent.BinDir, "/run/castellan", "/run/systemd"}, CgroupV2: true})
+	lab := sshtest.New(t, sshtest.Options{Nodes: n, PrivateDirs: []string{agent.BinDir, "/run/castellan", identity.DefaultDir, "/run/systemd"}, CgroupV2: true})
 	for _, node := range lab.Nodes {
 		if err := os.MkdirAll(filepath.Join(node.PrivatePath("/run/systemd"), "system"), 0o755); err != nil {
 			t.Fatal(err)
@@ -171,7 +173,7 @@ func TestApplyOverRealSSH(t *testing.T) {
 			t.Errorf("%s: facts missing from the run record: %+v", n.Name, f)
 		}
 	}
-	if r := res.Record; r.Number != 1 || r.Command != "apply" || len(r.Phases) != 1 || r.Outcome != engine.OutcomeOK {
+	if r := res.Record; r.Number != 1 || r.Command != "apply" || len(r.Phases) != len(Phases()) || r.Outcome != engine.OutcomeOK {
 		t.Errorf("record = %+v", r)
 	}
 
@@ -375,8 +377,13 @@ func TestNewHostKeysAreTrustedOnlyOnceConfirmed(t *testing.T) {
 	pl := NewPlan(testConfig(t, lab, nil))
 	pl.ProfilePath = prof
 	plans, err := pl.Run(context.Background())
-	if err != nil || len(plans) != 1 || !plans[0].Empty() {
+	if err != nil || len(plans) != len(Phases()) {
 		t.Errorf("plan after trusting: %+v %v", plans, err)
+	}
+	for _, p := range plans {
+		if !p.Empty() {
+			t.Errorf("plan after trusting: %s: %+v", p.Phase, p.Changes)
+		}
 	}
 }
 
@@ -528,13 +535,13 @@ func TestDeclinedApplyChangesNothing(t *testing.T) {
 	pl := NewPlan(testConfig(t, lab, nil))
 	pl.ProfilePath = prof
 	plans, err := pl.Run(context.Background())
-	if err != nil || len(plans) != 1 || len(plans[0].Changes) != 1 || plans[0].Changes[0].Action != "install-agent" {
+	if err != nil || len(plans) != len(Phases()) || len(plans[0].Changes) != 1 || plans[0].Changes[0].Action != "install-agent" {
 		t.Fatalf("plan = %+v, %v", plans, err)
 	}
 	a := NewApply(testConfig(t, lab, nil))
 	a.ProfilePath = prof
 	pending, err := a.Prepare(context.Background(), true)
-	if err != nil || pending.Changes() != 1 {
+	if err != nil || len(pending.Plans()) != len(plans) || pending.Plans()[0].Changes[0].Action != "install-agent" {
 		t.Fatalf("prepare: %v", err)
 	}
 	// Two first applies: the second waits for the lock (refused).
@@ -551,8 +558,10 @@ func TestDeclinedApplyChangesNothing(t *testing.T) {
 	if after, _ := os.ReadFile(kh); string(after) != string(before) {
 		t.Error("known_hosts changed")
 	}
-	if entries, err := os.ReadDir(lab.Nodes[0].PrivatePath(agent.BinDir)); err != nil || len(entries) != 0 {
-		t.Errorf("the node's agent directory is not empty: %v %v", entries, err)
+	for _, dir := range []string{agent.BinDir, identity.DefaultDir} {
+		if entries, err := os.ReadDir(lab.Nodes[0].PrivatePath(dir)); err != nil || len(entries) != 0 {
+			t.Errorf("the node's %s is not empty: %v %v", dir, entries, err)
+		}
 	}
 }
 

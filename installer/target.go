@@ -30,6 +30,8 @@ type target struct {
 	nodes   []profile.Node
 	eng     *engine.Engine
 	phases  []engine.Phase
+	// inputs are what the command line asked of phases (engine.Inputs).
+	inputs engine.Inputs
 }
 
 // newTarget selects nodes and phases (nil: all; an empty selection is an
@@ -179,6 +181,7 @@ func (t *target) session(id string, access engine.NodeAccess, store engine.Store
 	return engine.NewSession(engine.SessionConfig{
 		ID: id, Profile: t.profile, Nodes: t.nodes, Access: access, Store: store,
 		Sink: t.cfg.sink(), Logger: t.cfg.logger(), Parallelism: t.cfg.Parallelism, Interrupt: t.cfg.Interrupt,
+		Inputs: t.inputs,
 	})
 }
 

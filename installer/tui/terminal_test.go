@@ -156,11 +156,15 @@ func buildCastellan(t *testing.T) string {
 	return bin
 }
 
+// identityDir is where the identity phase keeps a node's identity
+// (phases/identity.DefaultDir): each test node gets its own.
+const identityDir = "/var/lib/castellan/identity"
+
 func TestTerminal(t *testing.T) {
 	sshtest.Require(t)
 	tmux := requireTmux(t)
 	bin := buildCastellan(t)
-	lab := sshtest.New(t, sshtest.Options{Nodes: 2, PrivateDirs: []string{agent.BinDir, "/run/systemd"}, CgroupV2: true})
+	lab := sshtest.New(t, sshtest.Options{Nodes: 2, PrivateDirs: []string{agent.BinDir, identityDir, "/run/systemd"}, CgroupV2: true})
 	for _, n := range lab.Nodes {
 		if err := os.MkdirAll(filepath.Join(n.PrivatePath("/run/systemd"), "system"), 0o755); err != nil {
 			t.Fatal(err)
@@ -175,12 +179,12 @@ func TestTerminal(t *testing.T) {
 	}
 	p := &pane{t: t, tmux: tmux, socket: "castellan-tui-" + lab.ID, shots: shots}
 	t.Cleanup(func() { _ = exec.Command(tmux, "-L", p.socket, "kill-server").Run() })
-	identity := filepath.Join(dir, "age-identity.txt")
+	ageIdentity := filepath.Join(dir, "age-identity.txt")
 	// The pane's command: castellan in the nodes' client namespace; when it
 	// ends, its exit code stays on the screen.
 	script := fmt.Sprintf("cd %s && ip netns exec %s %s --accept-new-host-keys; echo castellan exited $?; sleep 600", dir, lab.ClientNS, bin)
 	p.run("new-session", "-d", "-s", "tui", "-x", "80", "-y", "24",
-		"-e", "CASTELLAN_AGE_IDENTITY="+identity, "-e", "TERM=xterm-256color", "sh", "-c", script)
+		"-e", "CASTELLAN_AGE_IDENTITY="+ageIdentity, "-e", "TERM=xterm-256color", "sh", "-c", script)
 	p.run("set-option", "-t", "tui", "status", "off")
 	// Masks for the screenshots: the test's temporary paths and the lab's
 	// random names.
