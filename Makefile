@@ -31,14 +31,20 @@ build: ## the static castellan binary in bin/
 test-deps: ## install the Debian packages the tests need (root)
 	vagrant/scripts/ensure-packages.sh $(TEST_PACKAGES)
 
+.PHONY: kube-apiserver
+kube-apiserver: ## build the real kube-apiserver and etcd for the tests (cached in $(CACHE); about 16 min cold)
+	test/kube-apiserver/build.sh
+
 .PHONY: test
-test: test-deps lint ## every test that runs on this machine, plus short fuzz runs
+test: test-deps lint kube-apiserver ## every test that runs on this machine, plus short fuzz runs
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
 
 .PHONY: fuzz
 fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
+	go test -run '^$$' -fuzz '^FuzzParseWorkload$$' -fuzztime $(FUZZTIME) ./installer/profile
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./phases/netpol
 	go test -run '^$$' -fuzz '^FuzzUpdate$$' -fuzztime $(FUZZTIME) ./installer/profile
 	for f in FuzzDetect FuzzParseMountinfo FuzzParseProcNet FuzzParseSwaps FuzzParseEFIBool FuzzLUKS2Header; do \
 		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/preflight; done

@@ -121,6 +121,7 @@ Then:        castellan validate -f cluster.yaml
 	}
 	root.AddCommand(a.applyCommand(), a.planCommand(), a.validateCommand(), a.historyCommand(), a.diffCommand(),
 		a.rollbackCommand(), a.profileCommand(), a.versionCommand(), a.agentCommand())
+	root.AddCommand(a.netpolCommand())
 	return root
 }
 

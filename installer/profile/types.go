@@ -62,6 +62,8 @@ type Spec struct {
 	Postgres Postgres `yaml:"postgres,omitempty"`
 	// NetPol declares the network openings through the default-deny policies.
 	NetPol NetPol `yaml:"netpol,omitempty"`
+	// Cluster says how cluster-level phases reach the Kubernetes API.
+	Cluster ClusterAccess `yaml:"cluster,omitempty"`
 	// State configures the git state repository.
 	State State `yaml:"state,omitempty"`
 }
@@ -273,6 +275,12 @@ type Database struct {
 type NetPol struct {
 	// Workloads each declare who may reach them and what they may reach.
 	Workloads []Workload `yaml:"workloads,omitempty"`
+	// WorkloadFiles are files beside the profile (glob patterns, relative to its directory),
+	// each declaring one workload: its name, namespace and podSelector, then its ingress and egress.
+	WorkloadFiles []string `yaml:"workloadFiles,omitempty"`
+	// Namespaces get the default-deny policy even though no workload is declared in them
+	// (every namespace that holds a workload gets it anyway).
+	Namespaces []string `yaml:"namespaces,omitempty"`
 }
 
 // Workload is a set of pods in one namespace with its declared openings.

@@ -96,6 +96,7 @@ func (p *Profile) validate(ctx context.Context, opts ValidateOptions) Errors {
 	v.calico()
 	v.services()
 	v.netpol()
+	v.clusterAccess()
 	v.state()
 	return v.errs
 }
@@ -471,30 +472,11 @@ func (v *validator) services() {
 }
 
 func (v *validator) netpol() {
-	names := map[string]bool{}
-	for i, w := range v.p.Spec.NetPol.Workloads {
-		f := fmt.Sprintf("spec.netpol.workloads[%d]", i)
-		if !dnsLabel.MatchString(w.Name) {
-			v.errf(f+".name", "expected a DNS label, got %s", quote(w.Name))
-		}
-		if !dnsLabel.MatchString(w.Namespace) {
-			v.errf(f+".namespace", "expected a namespace name, got %s", quote(w.Namespace))
-		}
-		key := w.Namespace + "/" + w.Name
-		if names[key] {
-			v.errf(f+".name", "workload %s is declared twice", key)
-		}
-		names[key] = true
-		v.labels(f+".podSelector", w.PodSelector)
-		for _, dir := range []struct {
-			name string
-			ops  map[string]Opening
-		}{{"ingress", w.Ingress}, {"egress", w.Egress}} {
-			for _, name := range sortedKeys(dir.ops) {
-				v.opening(f+"."+dir.name+"."+name, name, dir.ops[name])
-			}
-		}
+	seen := v.inlineWorkloads()
+	if !v.opts.SkipFileChecks {
+		v.netpolFiles(seen)
 	}
+	v.netpolNamespaces()
 }
 
 func (v *validator) opening(f, name string, o Opening) {
