@@ -8,6 +8,7 @@ import (
 	"castellan/installer/nodeid"
 	"castellan/phases/identity"
 	"castellan/phases/mesh"
+	"castellan/phases/netpol"
 	"castellan/phases/preflight"
 )
 
@@ -19,6 +20,7 @@ func Phases() []engine.Phase {
 		preflight.Phase{},
 		identity.Phase{},
 		mesh.Phase{Identity: identityForMesh{}},
+		netpol.Phase{},
 	}
 }
 
