@@ -156,7 +156,13 @@ func (a *nodeAccess) Agent(ctx context.Context, node string) (engine.AgentState,
 	if err != nil {
 		return engine.AgentState{}, err
 	}
-	return engine.AgentState{Installed: st.Installed, Path: b.RemotePath(), Size: b.Size, Arch: st.Arch}, nil
+	out := engine.AgentState{Installed: st.Installed, Path: b.RemotePath(), Size: b.Size, Arch: st.Arch}
+	if h, ok := a.hosts[node]; ok {
+		if n := a.pool.LoginNoise()[h.String()]; n != nil {
+			out.LoginNoise = n.Warning()
+		}
+	}
+	return out, nil
 }
 
 // InstallAgent implements engine.NodeAccess.
@@ -185,49 +191,46 @@ func (a *nodeAccess) InstallAgent(ctx context.Context, node string, progress fun
 	return nil
 }
 
-// hostKeyTrust is what the pool offers for deferred host key trust.
-// TODO(issue 15): the ssh package gains these methods on its branch; until
-// it is merged, no host key is ever pending here.
-type hostKeyTrust interface {
-	PendingHostKey(h ssh.Host) (ssh.AcceptedKey, bool)
-	TrustHostKeys(keys ...ssh.AcceptedKey) error
-}
-
-// PendingHostKey implements engine.NodeAccess.
+// PendingHostKey implements engine.NodeAccess. node "" is the bastion.
 func (a *nodeAccess) PendingHostKey(node string) (engine.HostKey, bool) {
-	h, ok := a.hosts[node]
-	t, can := any(a.pool).(hostKeyTrust)
-	if !ok || !can {
+	h, ok := a.host(node)
+	if !ok {
 		return engine.HostKey{}, false
 	}
-	k, ok := t.PendingHostKey(h)
+	k, ok := a.pool.PendingHostKey(h)
 	if !ok {
 		return engine.HostKey{}, false
 	}
 	return engine.HostKey{Host: k.Host, Addr: k.Addr, KeyType: k.KeyType, Fingerprint: k.Fingerprint}, true
 }
 
-// TrustHostKey implements engine.NodeAccess.
+// TrustHostKey implements engine.NodeAccess: it writes node's pending key
+// to known_hosts (node "" is the bastion).
 func (a *nodeAccess) TrustHostKey(_ context.Context, node string) error {
-	h, ok := a.hosts[node]
+	h, ok := a.host(node)
 	if !ok {
 		return fmt.Errorf("node %s is not in the profile", node)
 	}
-	t, can := any(a.pool).(hostKeyTrust)
-	if !can {
-		return errors.New("no new host key is pending for " + node)
-	}
-	k, ok := t.PendingHostKey(h)
+	k, ok := a.pool.PendingHostKey(h)
 	if !ok {
-		return errors.New("no new host key is pending for " + node)
+		return errors.New("no new host key is pending for " + h.String())
 	}
-	if err := t.TrustHostKeys(k); err != nil {
+	if err := a.pool.TrustHostKeys(k); err != nil {
 		return err
 	}
 	a.mu.Lock()
 	a.trusted = append(a.trusted, engine.HostKey{Host: k.Host, Addr: k.Addr, KeyType: k.KeyType, Fingerprint: k.Fingerprint})
 	a.mu.Unlock()
 	return nil
+}
+
+// host is node's SSH host; "" names the bastion.
+func (a *nodeAccess) host(node string) (ssh.Host, bool) {
+	if node == "" {
+		return a.pool.BastionHost()
+	}
+	h, ok := a.hosts[node]
+	return h, ok
 }
 
 // binaries finds and hashes (once) a castellan binary per node architecture:

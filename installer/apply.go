@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"castellan/installer/buildinfo"
 	"castellan/installer/engine"
+	"castellan/installer/nodeid"
+	"castellan/installer/pki"
 	"castellan/installer/profile"
 	"castellan/installer/ssh"
 	"castellan/installer/state"
@@ -38,6 +41,11 @@ type Apply struct {
 	// yet (never changed ones); they are written once the run is confirmed,
 	// and recorded.
 	AcceptNewHostKeys bool
+	// ReEnrol names nodes to re-enrol explicitly (--re-enrol): the identity
+	// phase accepts their new TPM (a changed endorsement key), gives them a
+	// new identity and revokes the old certificate. Each must be a node the
+	// run targets, and the identity phase must run.
+	ReEnrol []string
 }
 
 // NewApply returns the apply verb.
@@ -65,6 +73,9 @@ func (a *Apply) Prepare(ctx context.Context, plan bool) (*Pending, error) {
 	}
 	t, err := newTarget(a.cfg, prof, a.Only, a.Nodes)
 	if err != nil {
+		return nil, err
+	}
+	if err := t.reEnrol(a.ReEnrol); err != nil {
 		return nil, err
 	}
 	return prepare(ctx, t, pendingRun{command: "apply", only: a.Only, acceptNew: a.AcceptNewHostKeys}, plan)
@@ -226,6 +237,7 @@ func (p *Pending) Apply(ctx context.Context) (*Result, error) {
 	rec.Duration = rec.Finished.Sub(rec.Started)
 	rec.Outcome, rec.Error, rec.Phases, rec.NodeErrors = res.Outcome, res.Error, res.Phases, res.NodeErrors
 	rec.Outputs = p.session.Outputs()
+	rec.Warnings = append(rec.Warnings, softwareKeyWarnings(p.session, t.nodes)...)
 	for _, k := range p.access.trustedKeys() {
 		rec.TrustedHostKeys = append(rec.TrustedHostKeys, fmt.Sprintf("%s (%s) %s %s", k.Host, k.Addr, k.KeyType, k.Fingerprint))
 	}
@@ -317,4 +329,37 @@ func resolveOptional(p *profile.Profile, path string) string {
 func sha256hex(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
+}
+
+// reEnrol hands the identity phase the nodes to re-enrol explicitly.
+func (t *target) reEnrol(nodes []string) error {
+	if len(nodes) == 0 {
+		return nil
+	}
+	if !slices.Contains(engine.PhaseNames(t.phases), nodeid.Phase) {
+		return inputErr(fmt.Errorf("--re-enrol needs the %s phase, which --only leaves out", nodeid.Phase))
+	}
+	for _, n := range nodes {
+		if _, ok := t.profile.Node(n); !ok {
+			return inputErr(fmt.Errorf("--re-enrol %s: no such node in the profile", n))
+		}
+		if !slices.ContainsFunc(t.nodes, func(pn profile.Node) bool { return pn.Name == n }) {
+			return inputErr(fmt.Errorf("--re-enrol %s: the node is not among the nodes this run targets (--nodes)", n))
+		}
+	}
+	engine.SetInput(&t.inputs, nodeid.ReEnrol, slices.Clone(nodes))
+	return nil
+}
+
+// softwareKeyWarnings names the nodes whose identity this run found or made
+// with a software key (insecure-skip): every summary of the run shows them.
+func softwareKeyWarnings(s *engine.Session, nodes []profile.Node) []string {
+	v := s.View("")
+	var out []string
+	for _, n := range nodes {
+		if e, ok := engine.Lookup(v, nodeid.EnrolmentKey, n.Name); ok && e.Protection == pki.SoftwareKey {
+			out = append(out, fmt.Sprintf("node %s holds a SOFTWARE key (spec.identity.tpm: insecure-skip): its identity is not bound to hardware", n.Name))
+		}
+	}
+	return out
 }

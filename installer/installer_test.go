@@ -20,12 +20,15 @@ import (
 	castssh "castellan/installer/ssh"
 	"castellan/installer/ssh/sshtest"
 	"castellan/installer/state"
+	"castellan/phases/identity"
 )
 
 // The nodes of these tests are real OpenSSH sshd processes in network
 // namespaces (sshtest). They share the test machine's file system, except
-// for the directories each node gets of its own: the agent's directory, and
-// /run/systemd, where each node shows the marker systemd creates at boot
+// for the directories each node gets of its own: the agent's directory, the
+// agent's verification stamps (/run/castellan), the identity directory
+// (/var/lib/castellan/identity), and /run/systemd, where each node shows the
+// marker systemd creates at boot
 // (/run/systemd/system, what sd_booted(3) checks), so that preflight's
 // "systemd is running" check passes on a test host without systemd as PID 1.
 // Everything else preflight checks is the test machine's own. That systemd
@@ -48,6 +51,9 @@ var castellanBin = sync.OnceValues(func() (string, error) {
 })
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(floorSpecEnv); spec != "" && len(os.Args) > 1 && os.Args[1] == "-test.run=^$" {
+		os.Exit(runFloor(spec))
+	}
 	code := m.Run()
 	if bin, err := castellanBin(); err == nil {
 		os.RemoveAll(filepath.Dir(bin))
@@ -64,12 +70,12 @@ func buildCastellan(t testing.TB) string {
 	return bin
 }
 
-// newLab starts n sshd nodes, each with its own agent directory, a
-// systemd boot marker and a cgroup v2 hierarchy (kubelet's requirement,
+// newLab starts n sshd nodes, each with its own agent directory, identity
+// directory, a systemd boot marker and a cgroup v2 hierarchy (kubelet's requirement,
 // which preflight checks; the test host may boot with cgroup v1).
 func newLab(t testing.TB, n int) *sshtest.Lab {
 	t.Helper()
-	lab := sshtest.New(t, sshtest.Options{Nodes: n, PrivateDirs: []string{agent.BinDir, "/run/systemd"}, CgroupV2: true})
+	lab := sshtest.New(t, sshtest.Options{Nodes: n, PrivateDirs: []string{agent.BinDir, "/run/castellan", identity.DefaultDir, "/run/systemd"}, CgroupV2: true})
 	for _, node := range lab.Nodes {
 		if err := os.MkdirAll(filepath.Join(node.PrivatePath("/run/systemd"), "system"), 0o755); err != nil {
 			t.Fatal(err)
@@ -316,6 +322,71 @@ func TestUnknownHostKeyStopsThePlan(t *testing.T) {
 	}
 }
 
+// TestNewHostKeysAreTrustedOnlyOnceConfirmed: with --accept-new-host-keys
+// an unknown key is a planned change ("trust new host key SHA256:... of
+// NODE"); a declined apply writes it nowhere; a confirmed one writes it to
+// known_hosts, records it in the run and commits it.
+func TestNewHostKeysAreTrustedOnlyOnceConfirmed(t *testing.T) {
+	lab := newLab(t, 1)
+	kh := filepath.Join(t.TempDir(), "known_hosts")
+	if err := os.WriteFile(kh, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	prof := testCluster(t, lab, kh, "")
+	p, _ := LoadProfile(prof, true)
+	prepare := func() *Pending {
+		a := NewApply(testConfig(t, lab, nil))
+		a.ProfilePath, a.AcceptNewHostKeys = prof, true
+		pending, err := a.Prepare(context.Background(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pending
+	}
+	pending := prepare()
+	var trust *engine.Change
+	for _, c := range pending.Plans()[0].Changes {
+		if c.Action == "trust-host-key" {
+			trust = &c
+		}
+	}
+	if trust == nil || !strings.HasPrefix(trust.Target, "SHA256:") || !strings.Contains(trust.Summary, "trust new host key") || !strings.Contains(trust.Summary, trust.Target) {
+		t.Fatalf("plan = %+v", pending.Plans())
+	}
+	pending.Close() // declined
+	if data, _ := os.ReadFile(kh); len(data) != 0 {
+		t.Fatalf("a declined apply wrote known_hosts: %q", data)
+	}
+	if _, err := os.Stat(p.Resolve(p.Spec.State.Repo)); !os.IsNotExist(err) {
+		t.Fatalf("a declined apply created the state repo: %v", err)
+	}
+
+	res, err := prepare().Apply(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Record.TrustedHostKeys) != 1 || !strings.Contains(res.Record.TrustedHostKeys[0], trust.Target) {
+		t.Errorf("trusted keys in the record: %v", res.Record.TrustedHostKeys)
+	}
+	written, _ := os.ReadFile(kh)
+	committed, _ := os.ReadFile(filepath.Join(res.StateDir, state.KnownHostsFile))
+	if !strings.Contains(string(written), lab.Nodes[0].Address) || string(committed) != string(written) {
+		t.Errorf("known_hosts %q, committed %q", written, committed)
+	}
+	// Pinned now: a plan without the flag connects and changes nothing.
+	pl := NewPlan(testConfig(t, lab, nil))
+	pl.ProfilePath = prof
+	plans, err := pl.Run(context.Background())
+	if err != nil || len(plans) != len(Phases()) {
+		t.Errorf("plan after trusting: %+v %v", plans, err)
+	}
+	for _, p := range plans {
+		if !p.Empty() {
+			t.Errorf("plan after trusting: %s: %+v", p.Phase, p.Changes)
+		}
+	}
+}
+
 // TestCLIHeadlessJSON runs the real binary inside the lab's client namespace:
 // exit code, JSON lines (kind and sequence number on each) and history.
 func TestCLIHeadlessJSON(t *testing.T) {
@@ -470,7 +541,7 @@ func TestDeclinedApplyChangesNothing(t *testing.T) {
 	a := NewApply(testConfig(t, lab, nil))
 	a.ProfilePath = prof
 	pending, err := a.Prepare(context.Background(), true)
-	if err != nil || pending.Changes() != 1 {
+	if err != nil || len(pending.Plans()) != len(plans) || pending.Plans()[0].Changes[0].Action != "install-agent" {
 		t.Fatalf("prepare: %v", err)
 	}
 	// Two first applies: the second waits for the lock (refused).
@@ -487,8 +558,10 @@ func TestDeclinedApplyChangesNothing(t *testing.T) {
 	if after, _ := os.ReadFile(kh); string(after) != string(before) {
 		t.Error("known_hosts changed")
 	}
-	if entries, err := os.ReadDir(lab.Nodes[0].PrivatePath(agent.BinDir)); err != nil || len(entries) != 0 {
-		t.Errorf("the node's agent directory is not empty: %v %v", entries, err)
+	for _, dir := range []string{agent.BinDir, identity.DefaultDir} {
+		if entries, err := os.ReadDir(lab.Nodes[0].PrivatePath(dir)); err != nil || len(entries) != 0 {
+			t.Errorf("the node's %s is not empty: %v %v", dir, entries, err)
+		}
 	}
 }
 

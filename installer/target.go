@@ -30,6 +30,8 @@ type target struct {
 	nodes   []profile.Node
 	eng     *engine.Engine
 	phases  []engine.Phase
+	// inputs are what the command line asked of phases (engine.Inputs).
+	inputs engine.Inputs
 }
 
 // newTarget selects nodes and phases (nil: all; an empty selection is an
@@ -83,6 +85,9 @@ func (t *target) connect(acceptNew bool) (*ssh.Pool, *nodeAccess, error) {
 	pool, err := ssh.NewPool(sshConfig(t.profile, t.cfg, acceptNew))
 	if err != nil {
 		return nil, nil, inputErr(err)
+	}
+	for _, w := range pool.KnownHostsWarnings() {
+		t.cfg.notice("warning: %s", w)
 	}
 	hosts := map[string]ssh.Host{}
 	for _, n := range t.profile.Spec.Nodes {
@@ -176,6 +181,7 @@ func (t *target) session(id string, access engine.NodeAccess, store engine.Store
 	return engine.NewSession(engine.SessionConfig{
 		ID: id, Profile: t.profile, Nodes: t.nodes, Access: access, Store: store,
 		Sink: t.cfg.sink(), Logger: t.cfg.logger(), Parallelism: t.cfg.Parallelism, Interrupt: t.cfg.Interrupt,
+		Inputs: t.inputs,
 	})
 }
 

@@ -94,18 +94,22 @@ TPM-resident node identities, LUKS2 data disks unlocked by the TPM, a WireGuard
 mesh with a closed underlay, Calico with default-deny, Keycloak, Kafka and
 Postgres with internal TLS. Every run is committed to a git state repo.
 
+In a terminal, castellan alone opens the interactive TUI (castellan -f
+cluster.yaml opens that profile): write the profile, review the plan, watch
+the install, browse the history and roll back.
+
 Start with:  castellan profile init -o cluster.yaml
 Then:        castellan validate -f cluster.yaml
              castellan plan -f cluster.yaml
              castellan apply -f cluster.yaml`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			// The interactive TUI comes with a later release; until then
-			// bare castellan prints help, in a terminal or not.
-			return cmd.Help()
+		Args:          args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.runTUI(cmd)
 		},
 	}
+	a.tuiFlags(root)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn, error")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
@@ -117,6 +121,7 @@ Then:        castellan validate -f cluster.yaml
 	}
 	root.AddCommand(a.applyCommand(), a.planCommand(), a.validateCommand(), a.historyCommand(), a.diffCommand(),
 		a.rollbackCommand(), a.profileCommand(), a.versionCommand(), a.agentCommand())
+	root.AddCommand(a.netpolCommand())
 	return root
 }
 

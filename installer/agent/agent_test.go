@@ -145,12 +145,12 @@ func TestParseStatus(t *testing.T) {
 		arch, rest   string
 		err, unsafe  string
 	}{
-		{"ok", "castellan-agent ok x86_64\n{\"ok\":true}\n", true, "amd64", "{\"ok\":true}\n", "", ""},
+		{"ok", "castellan-agent ok\n{\"ok\":true}\n", true, "", "{\"ok\":true}\n", "", ""},
 		{"missing arm", "castellan-agent missing aarch64\n", false, "arm64", "", "", ""},
-		{"noise first", "motd\ncastellan-agent ok x86_64\nX", true, "amd64", "X", "", ""},
+		{"noise first", "motd\ncastellan-agent ok\nX", true, "", "X", "", ""},
 		{"unsafe mode", "castellan-agent unsafe /var/lib/castellan mode-775\n", false, "", "", "", "mode 775 lets group or others write"},
 		{"unsafe content", "castellan-agent unsafe /x content-sha256-abc\n", false, "", "", "", "is not the binary castellan shipped"},
-		{"unknown machine", "castellan-agent ok riscv64\n", false, "", "", "unsupported node architecture", ""},
+		{"unknown machine", "castellan-agent missing riscv64\n", false, "", "", "unsupported node architecture", ""},
 		{"garbage status", "castellan-agent what\n", false, "", "", "unexpected launcher output", ""},
 		{"nothing", "", false, "", "", "printed no status", ""},
 	}

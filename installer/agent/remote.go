@@ -80,57 +80,70 @@ func (e *UnsafeAgentError) Error() string {
 
 // launcher runs as root (through sudo, or directly for root logins) and is
 // the only way castellan starts its agent. Arguments: the agent's path, its
-// expected sha256, the operation. It prints one status line, then (when the
-// agent is there and safe) execs it, in the same remote exec:
+// expected sha256, the name of its verification stamp, the operation. It
+// prints one status line, then (when the agent is there and safe) execs it,
+// in the same remote exec:
 //
 //	castellan-agent missing MACHINE          the agent is not on the node
 //	castellan-agent unsafe PATH REASON       refused: see UnsafeAgentError
-//	castellan-agent ok MACHINE               followed by the agent's response
+//	castellan-agent ok                       followed by the agent's response
 //
-// Safety: every directory from / down to the agent and the agent itself
-// (after resolving symbolic links) must be owned by root and writable by
-// nobody else, so only root can have changed it. Content: the sha256 of the
-// binary must be the one castellan shipped. Hashing tens of MB at every run
-// costs ~50 ms of CPU per node, so a successful check is remembered in a
-// root-only stamp under /run (tmpfs, gone at reboot) holding the file's
-// device, inode, size, mtime and ctime: any write to the file changes its
-// ctime, which only root could forge (by setting the clock), and root can
-// change the agent anyway. A stamp that does not match means hashing again.
+// Safety: every directory from / down to the agent and the agent itself must
+// be owned by root and writable by nobody else, so only root can have
+// changed it; a symbolic link on the way is resolved first and the resolved
+// path is checked. Content: the sha256 of the binary must be the one
+// castellan shipped. Hashing tens of MB at every run costs ~50 ms of CPU per
+// node, so a successful check is remembered in a stamp under /run/castellan
+// (created by root in a directory only root can write: tmpfs, gone at
+// reboot) holding the file's device, inode, size, mtime and ctime: any write
+// to the file changes its ctime, which only root could forge (by setting the
+// clock), and root can change the agent anyway. A stamp that does not match
+// means hashing again.
+//
+// Cost on a no-op run (the agent verified before): one stat(1) for the whole
+// path, shell builtins for the rest, then the agent itself.
 const launcher = `set -u
-bin=$1 want=$2 op=$3
-m=$(uname -m)
+bin=$1 want=$2 stamp=/run/castellan/verified-$3 op=$4
+unsafe() { echo "castellan-agent unsafe $1 $2"; exit 0; }
 if [ ! -e "$bin" ] && [ ! -L "$bin" ]; then
-	echo "castellan-agent missing $m"
+	echo "castellan-agent missing $(uname -m)"
 	exit 0
 fi
-unsafe() { echo "castellan-agent unsafe $1 $2"; exit 0; }
-real=$(readlink -f -- "$bin") || unsafe "$bin" unresolvable
-[ -f "$real" ] || unsafe "$real" not-a-regular-file
-p=$real
-while :; do
-	s=$(stat -c '%u:%a:%F' -- "$p") || unsafe "$p" cannot-stat
-	uid=${s%%:*} rest=${s#*:}
-	mode=${rest%%:*} kind=${rest#*:}
-	[ "$kind" = "symbolic link" ] && unsafe "$p" symbolic-link
-	[ "$uid" = 0 ] || unsafe "$p" "owner-uid-$uid"
-	[ $(( 0$mode & 022 )) -eq 0 ] || unsafe "$p" "mode-$mode"
-	[ "$p" = / ] && break
-	p=$(dirname -- "$p")
-done
-stamp=/run/castellan/verified-$(echo "$want" | cut -c1-16)
-id="$want $(stat -c '%d:%i:%s:%Y:%Z' -- "$real")"
-trusted=
-if [ "$(stat -c '%u:%a' /run/castellan 2>/dev/null)" = 0:700 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$id" ]; then
-	trusted=1
-fi
-if [ -z "$trusted" ]; then
+check() {
+	set -- "$1"
+	d=${1%/*}
+	while [ -n "$d" ]; do set -- "$@" "$d"; d=${d%/*}; done
+	set -- "$@" /
+	stat -c '%u:%a:%d.%i.%s.%Y.%Z:%F:%n' -- "$@" || unsafe "$1" cannot-stat
+}
+lines=$(check "$bin")
+case $lines in *":symbolic link:"*)
+	real=$(readlink -f -- "$bin") || unsafe "$bin" unresolvable
+	lines=$(check "$real") ;;
+esac
+case $lines in "castellan-agent unsafe "*) echo "$lines"; exit 0 ;; esac
+id=
+while IFS=: read -r uid mode inode kind name; do
+	[ "$kind" = "symbolic link" ] && unsafe "$name" symbolic-link
+	[ "$uid" = 0 ] || unsafe "$name" "owner-uid-$uid"
+	[ $(( 0$mode & 022 )) -eq 0 ] || unsafe "$name" "mode-$mode"
+	if [ -z "$id" ]; then
+		case $kind in "regular file" | "regular empty file") ;; *) unsafe "$name" not-a-regular-file ;; esac
+		id="$want $inode" real=$name
+	fi
+done <<EOF
+$lines
+EOF
+have=
+if [ -O /run/castellan ] && [ -f "$stamp" ]; then IFS= read -r have <"$stamp" || have=; fi
+if [ "$have" != "$id" ]; then
 	sum=$(sha256sum -- "$real") || unsafe "$real" unreadable
 	sum=${sum%% *}
 	[ "$sum" = "$want" ] || unsafe "$real" "content-sha256-$sum"
 	(umask 077 && mkdir -p /run/castellan && chmod 700 /run/castellan &&
 		printf '%s\n' "$id" >"$stamp.$$" && mv -f "$stamp.$$" "$stamp") 2>/dev/null || :
 fi
-echo "castellan-agent ok $m"
+echo "castellan-agent ok"
 exec "$real" agent "$op"
 `
 
@@ -142,7 +155,7 @@ exec "$real" agent "$op"
 // failures are the ssh package's errors.
 func Exec(ctx context.Context, c Runner, node string, b Binary, op string, input []byte) (Status, Response, error) {
 	res, runErr := c.Run(ctx, ssh.Cmd{
-		Argv:  []string{"sh", "-c", launcher, "castellan-launcher", b.RemotePath(), b.SHA256, op},
+		Argv:  []string{"sh", "-c", launcher, "castellan-launcher", b.RemotePath(), b.SHA256, b.SHA256[:16], op},
 		Sudo:  true,
 		Stdin: bytes.NewReader(input),
 	})
@@ -160,6 +173,7 @@ func Exec(ctx context.Context, c Runner, node string, b Binary, op string, input
 	if !st.Installed {
 		return st.Status, Response{}, nil
 	}
+	st.Arch = b.Arch // the agent for Arch ran: the node is of that architecture
 	resp, derr := DecodeResponse(rest)
 	if derr != nil {
 		if runErr != nil {
@@ -190,12 +204,14 @@ func parseStatus(stdout []byte) (launchStatus, []byte, error) {
 			continue
 		}
 		switch {
-		case fields[1] == "missing" && len(fields) == 3, fields[1] == "ok" && len(fields) == 3:
+		case fields[1] == "ok" && len(fields) == 2:
+			st.Installed = true
+		case fields[1] == "missing" && len(fields) == 3:
 			arch, err := GoArch(fields[2])
 			if err != nil {
 				return st, nil, err
 			}
-			st.Arch, st.Installed = arch, fields[1] == "ok"
+			st.Arch = arch
 		case fields[1] == "unsafe" && len(fields) == 4:
 			st.unsafe = unsafeError(fields[2], fields[3])
 		default:

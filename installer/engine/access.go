@@ -24,9 +24,11 @@ type NodeAccess interface {
 	// InstallAgent ships this castellan's agent to node.
 	InstallAgent(ctx context.Context, node string, progress func(done, total int64)) error
 	// PendingHostKey returns the host key node offered that known_hosts does
-	// not hold yet and that the run may trust (--accept-new-host-keys).
+	// not hold yet and that the run may trust (--accept-new-host-keys); node
+	// "" is the bastion nodes are reached through.
 	PendingHostKey(node string) (HostKey, bool)
-	// TrustHostKey writes node's pending host key to known_hosts.
+	// TrustHostKey writes node's (or, for "", the bastion's) pending host key
+	// to known_hosts.
 	TrustHostKey(ctx context.Context, node string) error
 }
 
@@ -39,6 +41,9 @@ type AgentState struct {
 	Size int64
 	// Arch is the node's Go architecture.
 	Arch string
+	// LoginNoise, when set, warns that the node's login environment prints
+	// text before each command (castellan ignores it; it costs time).
+	LoginNoise string
 }
 
 // HostKey is an SSH host key a node offered.

@@ -39,6 +39,9 @@ type SessionConfig struct {
 	// starts (the first Ctrl-C). Cancelling the context given to PlanAll or
 	// Apply aborts the running steps too (the second).
 	Interrupt context.Context
+	// Inputs are what the command line asked of phases for this run only,
+	// beside the profile (InputOf).
+	Inputs Inputs
 }
 
 // Session is the state one plan or run shares between its phases: the

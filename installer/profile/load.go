@@ -29,6 +29,8 @@ type Profile struct {
 	pos map[string]Pos  // where each written field is
 	set map[string]bool // fields written with a value (not null)
 	bad map[string]bool // fields whose value could not be decoded
+	// workloadFiles are the workloads of spec.netpol.workloadFiles, read by Validate.
+	workloadFiles []SourcedWorkload
 }
 
 // MaxProfileSize bounds the profile file: a real one is a few kilobytes, one

@@ -203,6 +203,16 @@ func TestLoadErrors(t *testing.T) {
 			want: `cluster.yaml:18:5: spec.mesh.subnet: mesh subnet 10.42.1.0/24 overlaps the pod network 10.42.0.0/16 (spec.rke2.clusterCIDR)`,
 		},
 		{
+			name: "mesh ssh source not a CIDR",
+			body: validProfile + "  mesh:\n    sshFrom: [192.0.2.0/24, 192.0.2.1/24]\n",
+			want: `cluster.yaml:18:29: spec.mesh.sshFrom[1]: expected an address or CIDR such as 192.0.2.10 or 192.0.2.0/24, got "192.0.2.1/24"`,
+		},
+		{
+			name: "mesh rotation time",
+			body: validProfile + "  mesh:\n    rotateKeysBefore: yesterday\n",
+			want: `cluster.yaml:18:5: spec.mesh.rotateKeysBefore: expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got "yesterday"`,
+		},
+		{
 			name: "mesh on calico's port",
 			body: validProfile + "  mesh:\n    port: 51820\n",
 			want: `cluster.yaml:18:5: spec.mesh.port: UDP 51820 is used by Calico's WireGuard; choose another port (default 51871)`,

@@ -62,6 +62,8 @@ type Spec struct {
 	Postgres Postgres `yaml:"postgres,omitempty"`
 	// NetPol declares the network openings through the default-deny policies.
 	NetPol NetPol `yaml:"netpol,omitempty"`
+	// Cluster says how cluster-level phases reach the Kubernetes API.
+	Cluster ClusterAccess `yaml:"cluster,omitempty"`
 	// State configures the git state repository.
 	State State `yaml:"state,omitempty"`
 }
@@ -176,6 +178,11 @@ type Mesh struct {
 	Port int `yaml:"port,omitempty" jsonschema:"minimum=1,maximum=65535"`
 	// Interface is the WireGuard device name (default wg-castellan).
 	Interface string `yaml:"interface,omitempty"`
+	// SSHFrom are the addresses or CIDRs allowed to reach the nodes' sshd on the underlay,
+	// besides the address each node sees the installer's connection come from.
+	SSHFrom []string `yaml:"sshFrom,omitempty"`
+	// RotateKeysBefore rotates every WireGuard key created before this time (RFC 3339).
+	RotateKeysBefore string `yaml:"rotateKeysBefore,omitempty"`
 }
 
 // ArtifactSource says where RKE2's release artifacts come from.
@@ -271,6 +278,12 @@ type Database struct {
 type NetPol struct {
 	// Workloads each declare who may reach them and what they may reach.
 	Workloads []Workload `yaml:"workloads,omitempty"`
+	// WorkloadFiles are files beside the profile (glob patterns, relative to its directory),
+	// each declaring one workload: its name, namespace and podSelector, then its ingress and egress.
+	WorkloadFiles []string `yaml:"workloadFiles,omitempty"`
+	// Namespaces get the default-deny policy even though no workload is declared in them
+	// (every namespace that holds a workload gets it anyway).
+	Namespaces []string `yaml:"namespaces,omitempty"`
 }
 
 // Workload is a set of pods in one namespace with its declared openings.

@@ -96,6 +96,7 @@ func (p *Profile) validate(ctx context.Context, opts ValidateOptions) Errors {
 	v.calico()
 	v.services()
 	v.netpol()
+	v.clusterAccess()
 	v.state()
 	return v.errs
 }
@@ -324,6 +325,16 @@ func (v *validator) networks() {
 		if !ifaceName.MatchString(s.Mesh.Interface) || strings.HasPrefix(s.Mesh.Interface, "wireguard") {
 			v.errf("spec.mesh.interface", "expected an interface name of at most 15 letters, digits, '-' or '_', not Calico's wireguard.*; got %s", quote(s.Mesh.Interface))
 		}
+		for i, src := range s.Mesh.SSHFrom {
+			if _, err := MeshSSHSource(src); err != nil {
+				v.errf(fmt.Sprintf("spec.mesh.sshFrom[%d]", i), "expected an address or CIDR such as 192.0.2.10 or 192.0.2.0/24, got %q", src)
+			}
+		}
+		if r := s.Mesh.RotateKeysBefore; r != "" {
+			if _, err := time.Parse(time.RFC3339, r); err != nil {
+				v.errf("spec.mesh.rotateKeysBefore", "expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got %q", r)
+			}
+		}
 	}
 	parse("spec.rke2.clusterCIDR", "pod network", s.RKE2.ClusterCIDR)
 	parse("spec.rke2.serviceCIDR", "service network", s.RKE2.ServiceCIDR)
@@ -464,30 +475,11 @@ func (v *validator) services() {
 }
 
 func (v *validator) netpol() {
-	names := map[string]bool{}
-	for i, w := range v.p.Spec.NetPol.Workloads {
-		f := fmt.Sprintf("spec.netpol.workloads[%d]", i)
-		if !dnsLabel.MatchString(w.Name) {
-			v.errf(f+".name", "expected a DNS label, got %s", quote(w.Name))
-		}
-		if !dnsLabel.MatchString(w.Namespace) {
-			v.errf(f+".namespace", "expected a namespace name, got %s", quote(w.Namespace))
-		}
-		key := w.Namespace + "/" + w.Name
-		if names[key] {
-			v.errf(f+".name", "workload %s is declared twice", key)
-		}
-		names[key] = true
-		v.labels(f+".podSelector", w.PodSelector)
-		for _, dir := range []struct {
-			name string
-			ops  map[string]Opening
-		}{{"ingress", w.Ingress}, {"egress", w.Egress}} {
-			for _, name := range sortedKeys(dir.ops) {
-				v.opening(f+"."+dir.name+"."+name, name, dir.ops[name])
-			}
-		}
+	seen := v.inlineWorkloads()
+	if !v.opts.SkipFileChecks {
+		v.netpolFiles(seen)
 	}
+	v.netpolNamespaces()
 }
 
 func (v *validator) opening(f, name string, o Opening) {
@@ -578,4 +570,21 @@ func ParseRecipient(s string) (age.Recipient, error) {
 		return r, nil
 	}
 	return nil, fmt.Errorf("expected an age recipient (age1...) or an SSH public key (ssh-ed25519 ...)")
+}
+
+// MeshSSHSource parses an entry of spec.mesh.sshFrom: an address (a single
+// host) or a CIDR without host bits.
+func MeshSSHSource(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("%s has host bits set", s)
+	}
+	return p, nil
 }

@@ -2,24 +2,42 @@
 // it: an ECDSA P-256 key created inside its TPM, proven to be TPM-resident,
 // certified by the cluster root CA (castellan/installer/pki).
 //
+// # The phase
+//
+// Phase (installer/phases.go lists it after preflight) plans, per targeted
+// node, nothing, a renewal, an enrolment or an explicit re-enrolment, from
+// the state repo's Record and the read-only OpObserve (batched with every
+// phase's observations: a no-op rerun costs one exec per node and creates
+// no TPM object). A node whose EK changed fails the plan (*EKChangedError)
+// unless the run's nodeid.ReEnrol input names it (castellan apply
+// --re-enrol NODE). Cluster-wide it creates the CAs on the first apply
+// (pki.LoadOrCreateAuthority, keys as the run's secrets
+// secrets/identity/pki/*.age), revokes the certificates of nodes no longer
+// in the profile, and publishes the revocation list (data/identity/crl.pem).
+// It publishes nodeid.CertificateKey, nodeid.TrustKey and the recorded
+// nodeid.EnrolmentKey.
+//
 // # Node side (through the agent, root, /dev/tpmrm0)
 //
-// Node{TPM: OpenDevice(""), Dir: DefaultDir} offers the operations; each
-// takes and returns the JSON types of wire.go:
+// The operations are agent.Op values served against DefaultHost (the TPM
+// device and DefaultDir); Host.Handlers serves the same against another TPM
+// and directory (tests: swtpm). Each calls a Node method:
 //
-//	OpObserve  Observe(ctx) → Observation                read-only: EK, blob publics, certificate
-//	OpAttest   Attest(ctx, AttestRequest) → Attestation  AK and key created on first use only;
-//	                                                     TPM2_Certify(key, AK, nonce)
-//	OpActivate Activate(ctx, ActivateRequest) → ActivateResponse  TPM2_ActivateCredential
-//	OpInstall  Install(ctx, InstallRequest) → InstallResponse     writes node.crt
-//	OpSign     Sign(ctx, SignRequest) → SignResponse      ECDSA over SHA-256(data)
+//	OpObserve  Node.Observe → Observation                 read-only: EK, blob publics, certificate
+//	OpAttest   Node.Attest(AttestRequest) → Attestation    AK and key created on first use only;
+//	                                                       TPM2_Certify(key, AK, nonce)
+//	OpActivate Node.Activate(ActivateRequest) → ActivateResponse  TPM2_ActivateCredential
+//	OpInstall  Node.Install(InstallRequest) → InstallResponse     writes node.crt
+//	OpSign     Node.Sign(SignRequest) → SignResponse        ECDSA over SHA-256(data)
+//	OpReset    Node.Reset → ResetResponse                   removes the identity (re-enrolment)
 //
 // Node.Signer gives the TPM key as a crypto.Signer (TLS). The directory holds
 // ak.json and key.json (TPM2B_PUBLIC/TPM2B_PRIVATE blobs wrapped by the
 // owner hierarchy's standard ECC SRK, which is re-derived and flushed each
 // time: nothing is made persistent in the TPM) and node.crt. No private key
 // exists in PEM form; in insecure-skip mode only, software.key holds a
-// plaintext PKCS #8 key, 0600.
+// plaintext PKCS #8 key (DER), 0600. What nodes send back is decoded
+// strictly and within bounds (the output types' UnmarshalJSON).
 //
 // The node side uses go-tpm's tpm2 package directly rather than
 // go-attestation's client: go-attestation v0.6.4 cannot certify an existing
@@ -31,12 +49,12 @@
 // # Installer side
 //
 //	s, _ := NewSession(Policy{...})           // one nonce
-//	att := node OpAttest(s.Request())          // DecodeAttestation on the bytes
-//	ch, err := s.Challenge(att)                // EK chain/pin, AK, certification, nonce, attributes
-//	resp := node OpActivate(ch)                // DecodeActivateResponse
-//	e, err := s.Finish(resp)                   // the credential came back: same TPM
+//	att := engine.Call(..., OpAttest, s.Request())
+//	ch, err := s.Challenge(&att)               // EK chain/pin, AK, certification, nonce, attributes
+//	resp := engine.Call(..., OpActivate, *ch)
+//	e, err := s.Finish(&resp)                  // the credential came back: same TPM
 //	cert, rec, err := e.Issue(authority, now, 0)
-//	node OpInstall(cert.Raw)
+//	engine.Call(..., OpInstall, InstallRequest{Certificate: cert.Raw})
 //
 // A session runs once: one nonce, one AK (the challenge is bound to the AK's
 // Name, and the node refuses to answer with another), one transcript; any

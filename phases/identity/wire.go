@@ -8,17 +8,6 @@ import (
 	"io"
 )
 
-// Operation names of the node side, for the agent's registry ("phase.op").
-// The phase wiring registers each with the handler of the same name in
-// agentops.go.
-const (
-	OpObserve  = "identity.observe"  // read-only
-	OpAttest   = "identity.attest"   // creates the AK and key on first use
-	OpActivate = "identity.activate" // TPM2_ActivateCredential
-	OpInstall  = "identity.install"  // writes node.crt
-	OpSign     = "identity.sign"     // signs data with the node key
-)
-
 // EKInfo is the endorsement key the node uses for credential activation.
 type EKInfo struct {
 	// Public is the EK's TPMT_PUBLIC (TPM 2.0 Part 2 section 12.2.4).
@@ -67,7 +56,7 @@ type SoftwareProof struct {
 // the signature cannot be reused as anything else.
 const SoftwareProofContext = "castellan identity software-key enrolment v1\x00"
 
-// Observation is the read-only view of a node's identity (OpObserve): what
+// Observation is the read-only view of a node's identity (the Observe operation): what
 // the plan compares with the state repo's record.
 type Observation struct {
 	// EK is the TPM's EK; nil without a TPM (or in insecure-skip mode).
@@ -86,7 +75,7 @@ type Observation struct {
 	Commands map[string]int `json:"commands,omitempty"`
 }
 
-// AttestRequest starts an enrolment session on the node (OpAttest).
+// AttestRequest starts an enrolment session on the node (the Attest operation).
 type AttestRequest struct {
 	// Nonce is the session's fresh nonce (NonceSize bytes).
 	Nonce []byte `json:"nonce"`
@@ -110,7 +99,7 @@ type Attestation struct {
 }
 
 // ActivateRequest is the credential challenge for the session's AK
-// (OpActivate). Credential and Secret are go-attestation's
+// (the Activate operation). Credential and Secret are go-attestation's
 // EncryptedCredential: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET, each with
 // its 2-byte size.
 type ActivateRequest struct {
@@ -127,7 +116,7 @@ type ActivateResponse struct {
 	Commands map[string]int `json:"commands,omitempty"`
 }
 
-// InstallRequest hands the node its certificate (OpInstall).
+// InstallRequest hands the node its certificate (the Install operation).
 type InstallRequest struct {
 	// Certificate is the node certificate (DER); its public key must be the
 	// node key's.
@@ -139,7 +128,7 @@ type InstallResponse struct {
 	Changed bool `json:"changed"`
 }
 
-// SignRequest asks the node to sign data with its key (OpSign).
+// SignRequest asks the node to sign data with its key (the Sign operation).
 type SignRequest struct {
 	// Data is signed as ECDSA over SHA-256(Data); at most MaxSignData bytes.
 	Data []byte `json:"data"`
@@ -155,7 +144,7 @@ type SignResponse struct {
 const (
 	// NonceSize is the session nonce's length in bytes.
 	NonceSize = 32
-	// MaxSignData bounds what OpSign signs.
+	// MaxSignData bounds what the Sign operation signs.
 	MaxSignData = 64 << 10
 	// maxMessage bounds a whole JSON message from a node.
 	maxMessage = 64 << 10
@@ -172,6 +161,9 @@ const (
 func decodeStrict(data []byte, v any) error {
 	if len(data) > maxMessage {
 		return fmt.Errorf("message of %d bytes, more than %d", len(data), maxMessage)
+	}
+	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
+		return errors.New("decoding: null instead of a value")
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -213,18 +205,30 @@ func (e *EKInfo) check() error {
 	return checkLen("ek.certificate", e.Certificate, 0, maxCertificate)
 }
 
-// DecodeAttestation decodes a node's OpAttest answer strictly: bounded
+// DecodeAttestation decodes a node's Attest answer strictly: bounded
 // sizes, no unknown fields, exactly one of the TPM fields (EK, AK, Key) or
 // Software. The TPM structures inside are parsed by the Session.
 func DecodeAttestation(data []byte) (*Attestation, error) {
 	var a Attestation
-	if err := decodeStrict(data, &a); err != nil {
-		return nil, fmt.Errorf("attestation: %w", err)
-	}
-	if err := a.check(); err != nil {
-		return nil, fmt.Errorf("attestation: %w", err)
+	if err := a.UnmarshalJSON(data); err != nil {
+		return nil, err
 	}
 	return &a, nil
+}
+
+// UnmarshalJSON decodes what a node sent as DecodeAttestation does: the
+// installer decodes the Attest operation's result through it.
+func (a *Attestation) UnmarshalJSON(data []byte) error {
+	type plain Attestation
+	var p plain
+	if err := decodeStrict(data, &p); err != nil {
+		return fmt.Errorf("attestation: %w", err)
+	}
+	if err := (*Attestation)(&p).check(); err != nil {
+		return fmt.Errorf("attestation: %w", err)
+	}
+	*a = Attestation(p)
+	return nil
 }
 
 func (a *Attestation) check() error {
@@ -264,30 +268,53 @@ func (a *Attestation) check() error {
 	return nil
 }
 
-// DecodeActivateResponse decodes a node's OpActivate answer strictly.
+// DecodeActivateResponse decodes a node's Activate answer strictly.
 func DecodeActivateResponse(data []byte) (*ActivateResponse, error) {
 	var r ActivateResponse
-	if err := decodeStrict(data, &r); err != nil {
-		return nil, fmt.Errorf("activation: %w", err)
-	}
-	if err := checkLen("secret", r.Secret, 1, 64); err != nil {
-		return nil, fmt.Errorf("activation: %w", err)
-	}
-	if err := checkCommands(r.Commands); err != nil {
-		return nil, fmt.Errorf("activation: %w", err)
+	if err := r.UnmarshalJSON(data); err != nil {
+		return nil, err
 	}
 	return &r, nil
 }
 
-// DecodeObservation decodes a node's OpObserve answer strictly.
+// UnmarshalJSON decodes as DecodeActivateResponse does.
+func (r *ActivateResponse) UnmarshalJSON(data []byte) error {
+	type plain ActivateResponse
+	var p plain
+	if err := decodeStrict(data, &p); err != nil {
+		return fmt.Errorf("activation: %w", err)
+	}
+	if err := checkLen("secret", p.Secret, 1, 64); err != nil {
+		return fmt.Errorf("activation: %w", err)
+	}
+	if err := checkCommands(p.Commands); err != nil {
+		return fmt.Errorf("activation: %w", err)
+	}
+	*r = ActivateResponse(p)
+	return nil
+}
+
+// DecodeObservation decodes a node's Observe answer strictly.
 func DecodeObservation(data []byte) (*Observation, error) {
 	var o Observation
-	if err := decodeStrict(data, &o); err != nil {
-		return nil, fmt.Errorf("observation: %w", err)
+	if err := o.UnmarshalJSON(data); err != nil {
+		return nil, err
 	}
-	if o.EK != nil {
-		if err := o.EK.check(); err != nil {
-			return nil, fmt.Errorf("observation: %w", err)
+	return &o, nil
+}
+
+// UnmarshalJSON decodes as DecodeObservation does: the installer decodes
+// the Observe operation's result (also when it comes from a batch) through
+// it.
+func (o *Observation) UnmarshalJSON(data []byte) error {
+	type plain Observation
+	var p plain
+	if err := decodeStrict(data, &p); err != nil {
+		return fmt.Errorf("observation: %w", err)
+	}
+	if p.EK != nil {
+		if err := p.EK.check(); err != nil {
+			return fmt.Errorf("observation: %w", err)
 		}
 	}
 	for _, f := range []struct {
@@ -295,33 +322,45 @@ func DecodeObservation(data []byte) (*Observation, error) {
 		b      []byte
 		lo, hi int
 	}{
-		{"akPublic", o.AKPublic, 0, maxTPMStruct}, {"keyPublic", o.KeyPublic, 0, maxTPMStruct},
-		{"softwarePublicKey", o.SoftwarePublicKey, 0, 1024}, {"certificate", o.Certificate, 0, maxCertificate},
+		{"akPublic", p.AKPublic, 0, maxTPMStruct}, {"keyPublic", p.KeyPublic, 0, maxTPMStruct},
+		{"softwarePublicKey", p.SoftwarePublicKey, 0, 1024}, {"certificate", p.Certificate, 0, maxCertificate},
 	} {
 		if err := checkLen(f.name, f.b, f.lo, f.hi); err != nil {
-			return nil, fmt.Errorf("observation: %w", err)
+			return fmt.Errorf("observation: %w", err)
 		}
 	}
-	if len(o.TPMError) > 1024 {
-		return nil, errors.New("observation: tpmError longer than 1024 bytes")
+	if len(p.TPMError) > 1024 {
+		return errors.New("observation: tpmError longer than 1024 bytes")
 	}
-	if err := checkCommands(o.Commands); err != nil {
-		return nil, fmt.Errorf("observation: %w", err)
+	if err := checkCommands(p.Commands); err != nil {
+		return fmt.Errorf("observation: %w", err)
 	}
-	return &o, nil
+	*o = Observation(p)
+	return nil
 }
 
-// DecodeSignResponse decodes a node's OpSign answer strictly.
+// DecodeSignResponse decodes a node's Sign answer strictly.
 func DecodeSignResponse(data []byte) (*SignResponse, error) {
 	var r SignResponse
-	if err := decodeStrict(data, &r); err != nil {
-		return nil, fmt.Errorf("signature: %w", err)
-	}
-	if err := checkLen("signature", r.Signature, 8, 256); err != nil {
-		return nil, fmt.Errorf("signature: %w", err)
-	}
-	if err := checkCommands(r.Commands); err != nil {
-		return nil, fmt.Errorf("signature: %w", err)
+	if err := r.UnmarshalJSON(data); err != nil {
+		return nil, err
 	}
 	return &r, nil
+}
+
+// UnmarshalJSON decodes as DecodeSignResponse does.
+func (r *SignResponse) UnmarshalJSON(data []byte) error {
+	type plain SignResponse
+	var p plain
+	if err := decodeStrict(data, &p); err != nil {
+		return fmt.Errorf("signature: %w", err)
+	}
+	if err := checkLen("signature", p.Signature, 8, 256); err != nil {
+		return fmt.Errorf("signature: %w", err)
+	}
+	if err := checkCommands(p.Commands); err != nil {
+		return fmt.Errorf("signature: %w", err)
+	}
+	*r = SignResponse(p)
+	return nil
 }

@@ -82,12 +82,14 @@ func (Phase) Plan(ctx context.Context, v *engine.View) (engine.Plan, error) {
 	err := v.ForEachNode(ctx, v.NodeNames(), StepFacts, func(ctx context.Context, node string) error {
 		var cs []engine.Change
 		if k, ok := v.PendingHostKey(node); ok {
-			cs = append(cs, engine.NewChange(node, ActionTrustHostKey, k.Fingerprint,
-				fmt.Sprintf("trust new host key %s %s of %s (%s), and record it", k.KeyType, k.Fingerprint, k.Host, k.Addr), k))
+			cs = append(cs, trustChange(node, k))
 		}
 		st, err := v.Agent(ctx, node)
 		if err != nil {
 			return err
+		}
+		if st.LoginNoise != "" {
+			v.Warn(node, "%s", st.LoginNoise)
 		}
 		if !st.Installed {
 			cs = append(cs, engine.NewChange(node, ActionInstallAgent, st.Path,
@@ -99,15 +101,31 @@ func (Phase) Plan(ctx context.Context, v *engine.View) (engine.Plan, error) {
 		return nil
 	})
 	var plan engine.Plan
+	// The bastion's key, once a node was reached through it.
+	if k, ok := v.PendingHostKey(""); ok {
+		plan.Changes = append(plan.Changes, trustChange("", k))
+	}
 	for _, cs := range changes {
 		plan.Changes = append(plan.Changes, cs...)
 	}
 	return plan, err
 }
 
+func trustChange(node string, k engine.HostKey) engine.Change {
+	return engine.NewChange(node, ActionTrustHostKey, k.Fingerprint,
+		fmt.Sprintf("trust new host key %s %s of %s (%s), and record it", k.KeyType, k.Fingerprint, k.Host, k.Addr), k)
+}
+
 // Apply trusts the accepted host keys, installs the agent where it is
 // missing, then gathers and checks facts.
 func (Phase) Apply(ctx context.Context, r *engine.Run, p engine.Plan) error {
+	for _, c := range p.ForNode("") {
+		if c.Action == ActionTrustHostKey {
+			if err := r.TrustHostKey(ctx, ""); err != nil {
+				return fmt.Errorf("trusting the bastion's host key: %w", err)
+			}
+		}
+	}
 	return r.ForEachNode(ctx, p.Nodes(), StepAgent, func(ctx context.Context, node string) error {
 		installed := false
 		for _, c := range p.ForNode(node) {

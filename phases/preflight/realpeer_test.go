@@ -1,14 +1,13 @@
 package preflight
 
 import (
+	"castellan/installer/testenv"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
-
-	"castellan/installer/ssh/sshtest"
 )
 
 // needRoot skips a test that needs root (loop devices, namespaces,
@@ -19,10 +18,7 @@ func needRoot(t *testing.T) {
 	if os.Geteuid() == 0 {
 		return
 	}
-	if os.Getenv(sshtest.RequireEnv) == "1" {
-		t.Fatal("this test needs root (loop devices, namespaces, mounts)")
-	}
-	t.Skip("this test needs root (loop devices, namespaces, mounts)")
+	testenv.Missing(t, "this test needs root (loop devices, namespaces, mounts)")
 }
 
 // loopDevice attaches img to a free loop device and returns its path; with

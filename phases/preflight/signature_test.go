@@ -2,6 +2,7 @@ package preflight
 
 import (
 	"bytes"
+	"castellan/installer/testenv"
 	"encoding/binary"
 	"os"
 	"os/exec"
@@ -10,7 +11,6 @@ import (
 	"testing"
 
 	"castellan/installer/facts"
-	"castellan/installer/ssh/sshtest"
 )
 
 // needCommand skips without the tool, or fails under make test, which
@@ -20,10 +20,7 @@ func needCommand(t *testing.T, name string) {
 	if _, err := exec.LookPath(name); err == nil {
 		return
 	}
-	if os.Getenv(sshtest.RequireEnv) == "1" {
-		t.Fatalf("%s is not installed (make test-deps installs it)", name)
-	}
-	t.Skipf("%s is not installed (make test-deps installs it)", name)
+	testenv.Missing(t, "%s is not installed (make test-deps installs it)", name)
 }
 
 func run(t *testing.T, args ...string) string {

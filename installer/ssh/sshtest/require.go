@@ -34,6 +34,14 @@
 // the lab user owns. Node.DropConnections, FreezeConnections and
 // PauseListener simulate crashes, hung peers and wedged hosts.
 //
+// Nodes as users really have them: Lab.AddUser adds login users with any
+// shell and startup files (bash printing from ~/.bashrc, zsh, fish, tcsh,
+// nologin), any sudo rule (NOPASSWD, password, requiretty, none, with a
+// sudo log) or uid 0 (a root login); Options.HideSudo gives nodes without
+// sudo, Options.BastionNoForwarding a bastion with AllowTcpForwarding no,
+// Options.HostCA host certificates signed by Lab.HostCA; Node.RotateHostKeys
+// makes a node a rebuilt host.
+//
 // It needs root and Debian's openssh-server, sudo and iproute2. When they
 // are missing, tests are skipped, or fail when CASTELLAN_REQUIRE_REAL_PEERS=1
 // (as `make test` sets it).

@@ -353,3 +353,84 @@ func Handles(t testing.TB, tpm transport.TPM, first tpm2.TPMHandle) []tpm2.TPMHa
 func Transients(t testing.TB, tpm transport.TPM) []tpm2.TPMHandle {
 	return Handles(t, tpm, 0x80000000)
 }
+
+// BridgeEnv, when set in the environment of a test binary whose TestMain
+// calls RunBridgeIfAsked, makes the binary a bridge to the swtpm socket it
+// names instead of running tests.
+const BridgeEnv = "SWTPMTEST_BRIDGE"
+
+// ToolsTCTI returns a TPM2TOOLS_TCTI value that reaches tp through
+// tpm2-tss's cmd TCTI: each tool runs this test binary as a bridge to the
+// TPM's socket (the test package's TestMain must call RunBridgeIfAsked).
+// swtpm serves one connection at a time: close Go connections (Open) first.
+func (tp *TPM) ToolsTCTI(t testing.TB) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("cmd:env %s=%s %s", BridgeEnv, tp.socket, self)
+}
+
+// RequireTools skips the test when tpm2-tools are missing, or (CI=true or
+// CASTELLAN_REQUIRE_REAL_PEERS=1) installs them and fails when they are
+// still missing.
+func RequireTools(t testing.TB) {
+	t.Helper()
+	missing := func() bool { _, err := exec.LookPath("tpm2_createprimary"); return err != nil }
+	if !missing() {
+		return
+	}
+	if !required() {
+		t.Skip("tpm2-tools are not installed (Debian package tpm2-tools; `make test-deps` installs it)")
+	}
+	if script, err := findScript(); err == nil {
+		if out, err := exec.Command(script, "tpm2-tools").CombinedOutput(); err != nil {
+			t.Logf("%s tpm2-tools: %v\n%s", script, err, out)
+		}
+	}
+	if missing() {
+		t.Fatalf("tpm2-tools are not installed; CI=true or %s=1 makes this a failure", RequireEnv)
+	}
+}
+
+// RunBridgeIfAsked returns at once unless BridgeEnv is set; then it copies
+// TPM commands from standard input to the swtpm socket BridgeEnv names and
+// the responses to standard output (the cmd TCTI's protocol: raw TPM 2.0
+// command and response buffers), and exits when standard input ends.
+func RunBridgeIfAsked() {
+	sock := os.Getenv(BridgeEnv)
+	if sock == "" {
+		return
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "swtpmtest bridge:", err)
+		os.Exit(1)
+	}
+	conn := &Conn{c: c}
+	for {
+		hdr := make([]byte, 10)
+		if _, err := io.ReadFull(os.Stdin, hdr); err != nil {
+			os.Exit(0)
+		}
+		size := binary.BigEndian.Uint32(hdr[2:6])
+		if size < 10 || size > maxResponse {
+			fmt.Fprintf(os.Stderr, "swtpmtest bridge: command of %d bytes\n", size)
+			os.Exit(1)
+		}
+		cmd := make([]byte, size)
+		copy(cmd, hdr)
+		if _, err := io.ReadFull(os.Stdin, cmd[10:]); err != nil {
+			os.Exit(1)
+		}
+		resp, err := conn.Send(cmd)
+		if err == nil {
+			_, err = os.Stdout.Write(resp)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "swtpmtest bridge:", err)
+			os.Exit(1)
+		}
+	}
+}
