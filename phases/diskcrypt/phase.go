@@ -246,7 +246,20 @@ func planNode(ctx context.Context, v *engine.View, node string) ([]engine.Change
 		return nil, nil, err
 	}
 	if !st.Installed {
-		return nil, []string{node + ": its data disks are planned once the preflight phase has installed the agent and gathered the facts"}, nil
+		// Planned at the prompt of a first apply, before preflight
+		// installed the agent: what will happen, in outline. The detailed
+		// plan, right before this phase applies, sees what is on each disk;
+		// a disk holding data is formatted only with allowFormat.
+		var out []engine.Change
+		for _, d := range n.DataDisks {
+			what := "encrypt data disk " + d.Device + " (LUKS2, TPM2 keyslot, recovery passphrase escrowed first) and mount it at " + d.MountPoint +
+				" if it is blank; a disk that holds data is refused"
+			if d.AllowFormat {
+				what = "encrypt data disk " + d.Device + " and mount it at " + d.MountPoint + ": allowFormat is set, so whatever it holds is DESTROYED"
+			}
+			out = append(out, engine.NewChange(node, ActionEncrypt, d.Device, what+" (planned in detail once preflight has installed the agent)", nil))
+		}
+		return out, nil, nil
 	}
 	f, ok := engine.Lookup(v, facts.Key, node)
 	if !ok {

@@ -385,3 +385,37 @@ func checkGolden(t *testing.T, name, got string) {
 		t.Errorf("%s differs (run with -update after checking):\n--- want\n%s\n--- got\n%s", p, want, got)
 	}
 }
+
+// TestPlanBeforeTheAgentIsThere: at the prompt of a first apply (no agent
+// yet, so no facts), every data disk is planned in outline, saying what
+// happens to a disk that holds data, instead of nothing at all; the plan
+// reads nothing on the node.
+func TestPlanBeforeTheAgentIsThere(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		p, err := profile.Parse("t.yaml", []byte(planProfile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Spec.Nodes[0].DataDisks[0].AllowFormat = allow
+		nodes := enginetest.NewFakeNodes(Phase{}.Ops()...)
+		nodes.SetAgent("server-1", false)
+		s := engine.NewSession(engine.SessionConfig{ID: "plan", Profile: p, Nodes: p.Spec.Nodes, Access: nodes, Store: enginetest.NewMemStore()})
+		plan, err := Phase{}.Plan(context.Background(), s.View(Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(plan.Changes) != 1 || plan.Changes[0].Action != ActionEncrypt || plan.Changes[0].Target != "/dev/vdb" {
+			t.Fatalf("allowFormat %v: plan = %+v", allow, plan)
+		}
+		want := "a disk that holds data is refused"
+		if allow {
+			want = "whatever it holds is DESTROYED"
+		}
+		if !strings.Contains(plan.Changes[0].Summary, want) {
+			t.Errorf("allowFormat %v: %q lacks %q", allow, plan.Changes[0].Summary, want)
+		}
+		if calls := nodes.Calls(); len(calls) != 0 {
+			t.Errorf("the plan asked the node %v", calls)
+		}
+	}
+}
