@@ -2,6 +2,10 @@ package engine
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -50,9 +54,15 @@ type SessionConfig struct {
 // it through a View (planning) or a Run (applying) bound to its name.
 type Session struct {
 	cfg SessionConfig
+	// secret is drawn when the session starts and never leaves the
+	// installer: nonces are derived from it (View.Nonce).
+	secret [32]byte
 
 	emitMu sync.Mutex
 	seq    uint64
+	// collecting keeps the warnings emitted (Verify reports them).
+	collecting bool
+	warnings   []Event
 
 	mu          sync.Mutex
 	out         outputs
@@ -99,7 +109,7 @@ func NewSession(cfg SessionConfig) *Session {
 	if cfg.Parallelism <= 0 {
 		cfg.Parallelism = DefaultParallelism
 	}
-	return &Session{
+	s := &Session{
 		cfg:         cfg,
 		out:         outputs{values: map[string]map[string]any{}, records: map[string]bool{}},
 		rendered:    map[string][]byte{},
@@ -109,6 +119,34 @@ func NewSession(cfg SessionConfig) *Session {
 		reported:    map[string]*failure{},
 		outcomes:    map[string]*nodeOutcomes{},
 	}
+	// crypto/rand.Read never fails (Go 1.24+: it crashes the program
+	// rather than return short).
+	_, _ = rand.Read(s.secret[:])
+	return s
+}
+
+// NonceSize is the length of View.Nonce's nonces in bytes.
+const NonceSize = 32
+
+// Nonce returns a nonce for node that is fresh for this session, the same
+// every time this phase asks with the same purpose in this session, and
+// unpredictable to nodes: HMAC-SHA-256 (RFC 2104), keyed by a random secret
+// drawn when the session started, of the phase, purpose and node (each
+// prefixed by its length). It lets a
+// phase put a challenge in its observation (Observer) that its plan then
+// asks with the same input, so the one exec per node answers both, while a
+// node cannot answer it with anything made before the session began (a
+// replayed TPM quote, say). A confirmed plan and its run are one session:
+// the same nonce. NonceSize bytes.
+func (v *View) Nonce(node, purpose string) []byte {
+	m := hmac.New(sha256.New, v.secret[:])
+	for _, part := range []string{"castellan nonce v1", v.phase, purpose, node} {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(part)))
+		m.Write(n[:])
+		m.Write([]byte(part))
+	}
+	return m.Sum(nil)
 }
 
 // ID is the run's name in events.
@@ -149,6 +187,9 @@ func (s *Session) emit(e Event) uint64 {
 	e.Seq = s.seq
 	e.Time = time.Now()
 	e.Run = s.cfg.ID
+	if s.collecting && e.Kind == KindMessage && e.Status == StatusWarning {
+		s.warnings = append(s.warnings, e)
+	}
 	s.cfg.Sink.Emit(e)
 	return e.Seq
 }
