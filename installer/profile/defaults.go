@@ -28,6 +28,12 @@ const (
 // DefaultPCRs is the PCR policy of the TPM keyslot when the profile names none.
 var DefaultPCRs = []int{7}
 
+// DefaultAttestPCRs are the PCRs a node's boot state is attested on when the profile names none: the code
+// that ran before the kernel (firmware 0, option ROMs 2, boot loader 4) and the Secure Boot policy (7),
+// leaving out the configuration PCRs (1, 3, 5, 6), which change with a VM's hardware, boot order or
+// partition table although no code changed (README: "Boot state").
+var DefaultAttestPCRs = []int{0, 2, 4, 7}
+
 func boolPtr(b bool) *bool { return &b }
 
 // On reports a defaulted *bool.
@@ -75,6 +81,9 @@ func (p *Profile) applyDefaults() {
 	}
 	if !p.set["spec.identity.tpm"] {
 		s.Identity.TPM = TPMRequired
+	}
+	if !p.set["spec.identity.attestPCRs"] {
+		s.Identity.AttestPCRs = append([]int(nil), DefaultAttestPCRs...)
 	}
 	if s.DiskEncryption.Enabled == nil {
 		s.DiskEncryption.Enabled = boolPtr(true)

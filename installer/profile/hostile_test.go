@@ -410,6 +410,23 @@ func TestHostileCoercion(t *testing.T) {
 			},
 		},
 		{
+			name: "attested PCRs: out of range, resettable, twice",
+			body: validProfile + "  identity:\n    attestPCRs: [0, 24, 16, 0, 23]\n",
+			want: []string{
+				"cluster.yaml:18:21: spec.identity.attestPCRs[1]: expected a PCR index between 0 and 23, got 24",
+				"cluster.yaml:18:25: spec.identity.attestPCRs[2]: PCR 16 can be reset by any program on the node (the TPM's debug and application PCRs), so it attests nothing; leave it out",
+				"cluster.yaml:18:29: spec.identity.attestPCRs[3]: PCR 0 is listed twice",
+				"cluster.yaml:18:32: spec.identity.attestPCRs[4]: PCR 23 can be reset by any program on the node (the TPM's debug and application PCRs), so it attests nothing; leave it out",
+			},
+		},
+		{
+			name: "attested PCRs: empty",
+			body: validProfile + "  identity:\n    attestPCRs: []\n",
+			want: []string{
+				"cluster.yaml:18:5: spec.identity.attestPCRs: an empty list would attest no part of the boot, so any boot state passes; name PCRs, or leave attestPCRs out for the default [0 2 4 7]",
+			},
+		},
+		{
 			name: "recovery generation zero",
 			body: validProfile + "  diskEncryption:\n    recoveryGeneration: 0\n",
 			want: []string{

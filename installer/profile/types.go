@@ -155,6 +155,10 @@ type Identity struct {
 	// EKCACertificates are PEM files of the TPM vendors' CAs that EK certificates must chain to.
 	// Without them the EK public key is pinned on first enrolment.
 	EKCACertificates []string `yaml:"ekCACertificates,omitempty"`
+	// AttestPCRs are the PCRs (SHA-256 bank) each node proves with a TPM quote by its attestation key at every
+	// run and every castellan verify, against the baseline pinned when it was enrolled (default [0, 2, 4, 7]:
+	// firmware, option ROMs, boot loader, Secure Boot policy; the README says what each PCR covers).
+	AttestPCRs []int `yaml:"attestPCRs,omitempty"`
 }
 
 // DiskEncryption configures LUKS2 on data disks.

@@ -270,6 +270,23 @@ func (v *validator) identity() {
 	for i, f := range id.EKCACertificates {
 		v.certificates(fmt.Sprintf("spec.identity.ekCACertificates[%d]", i), f)
 	}
+	if len(id.AttestPCRs) == 0 && !v.p.badUnder("spec.identity.attestPCRs") {
+		v.errf("spec.identity.attestPCRs", "an empty list would attest no part of the boot, so any boot state passes; name PCRs, or leave attestPCRs out for the default %v", DefaultAttestPCRs)
+	}
+	seen := map[int]bool{}
+	for i, pcr := range id.AttestPCRs {
+		field := fmt.Sprintf("spec.identity.attestPCRs[%d]", i)
+		switch {
+		case v.p.isBad(field):
+		case pcr < 0 || pcr > 23:
+			v.errf(field, "expected a PCR index between 0 and 23, got %d", pcr)
+		case pcr == 16 || pcr == 23:
+			v.errf(field, "PCR %d can be reset by any program on the node (the TPM's debug and application PCRs), so it attests nothing; leave it out", pcr)
+		case seen[pcr]:
+			v.errf(field, "PCR %d is listed twice", pcr)
+		}
+		seen[pcr] = true
+	}
 }
 
 func (v *validator) diskEncryption() {
