@@ -94,3 +94,42 @@ var EnrolmentKey = engine.NewKey[Enrolment](Phase, "enrolment", true)
 // key, a new node key and a new certificate; its old certificate is
 // revoked; the run records the old and the new EK.
 var ReEnrol = engine.NewInput[[]string](Phase, "re-enrol")
+
+// BootState is what each run records per targeted node about its boot
+// state: the TPM quote by the node's attestation key over the profile's
+// PCRs (spec.identity.attestPCRs, SHA-256 bank) and a nonce fresh for the
+// run, compared with the baseline the state repo pinned. Public.
+type BootState struct {
+	// Result is what this run found or did: "matched" (the quote matched
+	// the baseline), "pinned" (a baseline was pinned: see How), "accepted"
+	// (a changed boot state accepted with --accept-boot-state), or
+	// "not-attested" (a software key under spec.identity.tpm:
+	// insecure-skip: no TPM to quote).
+	Result string `json:"result"`
+	// How says why a baseline was pinned: "enrolment", "re-enrolment",
+	// "first-attestation" (a node enrolled before castellan attested boot
+	// state), "added-pcrs" (the profile attests more PCRs than the
+	// baseline holds), "accepted".
+	How string `json:"how,omitempty"`
+	// PCRs are the attested PCR indexes, ascending.
+	PCRs []int `json:"pcrs,omitempty"`
+	// Digest is "sha256:" and the hex SHA-256 of the attested PCR values
+	// concatenated in index order (the quote's PCR digest).
+	Digest string `json:"digest,omitempty"`
+	// PreviousDigest is the baseline's digest an acceptance replaced;
+	// Changed lists the PCRs that differed.
+	PreviousDigest string `json:"previousDigest,omitempty"`
+	Changed        []int  `json:"changed,omitempty"`
+	// AKName is the hex TPM Name of the attestation key that signed.
+	AKName string `json:"akName,omitempty"`
+}
+
+// BootStateKey is the recorded output of each targeted node's BootState.
+var BootStateKey = engine.NewKey[BootState](Phase, "boot-state", true)
+
+// AcceptBootState is the run input naming the nodes whose changed boot
+// state the user accepts explicitly (castellan apply --accept-boot-state
+// NODE): a node whose attested PCRs differ from its pinned baseline is
+// otherwise refused before anything is done to it. The new values become
+// the baseline, and the run records the old and the new digest.
+var AcceptBootState = engine.NewInput[[]string](Phase, "accept-boot-state")

@@ -447,6 +447,12 @@ func checkTemplate(what string, p *tpm2.TPMTPublic, restricted bool) error {
 // go-attestation's Verify: made by a TPM, a certification, extraData equal
 // to this session's nonce, and naming the presented key.
 func (s *Session) checkCertifyInfo(raw []byte, key *tpm2.TPMTPublic) error {
+	return checkCertifyInfo(raw, key, s.nonce)
+}
+
+// checkCertifyInfo checks a TPM2_Certify's TPMS_ATTEST: made by a TPM, a
+// certification, extraData equal to nonce, naming key.
+func checkCertifyInfo(raw []byte, key *tpm2.TPMTPublic, nonce []byte) error {
 	att, err := tpm2.Unmarshal[tpm2.TPMSAttest](raw)
 	if err != nil {
 		return fmt.Errorf("certification: %w", err)
@@ -454,7 +460,7 @@ func (s *Session) checkCertifyInfo(raw []byte, key *tpm2.TPMTPublic) error {
 	if att.Magic != tpm2.TPMGeneratedValue || att.Type != tpm2.TPMSTAttestCertify {
 		return errors.New("certification: not a TPM2_Certify made by a TPM")
 	}
-	if subtle.ConstantTimeCompare(att.ExtraData.Buffer, s.nonce) != 1 {
+	if subtle.ConstantTimeCompare(att.ExtraData.Buffer, nonce) != 1 {
 		return errors.New("certification: made over another nonce than this session's (a replayed or foreign certification)")
 	}
 	info, err := att.Attested.Certify()
@@ -638,3 +644,7 @@ func VerifySignature(cert *x509.Certificate, data, sig []byte) error {
 	}
 	return nil
 }
+
+// Drift implements engine.DriftError: castellan verify reports a changed
+// EK as drift.
+func (*EKChangedError) Drift() {}

@@ -22,6 +22,8 @@ type Host struct {
 	OpenTPM func() (transport.TPMCloser, error)
 	// Dir is the identity directory.
 	Dir string
+	// EventLog is the TPM event log's path ("": DefaultEventLog).
+	EventLog string
 }
 
 // DefaultHost is a real node: /dev/tpmrm0 (with TPM_RC_RETRY handled) and
@@ -81,6 +83,19 @@ var (
 		Do: func(ctx context.Context, in SignRequest, log *slog.Logger) (SignResponse, error) {
 			return DefaultHost().sign(ctx, in, log)
 		}}
+	// OpQuote proves the node's boot state: TPM2_Quote by the AK over the
+	// requested PCRs and the run's nonce, and TPM2_Certify of the node key
+	// by the AK over the same nonce. Read-only (it loads and flushes; it
+	// creates nothing), so it travels in the run's observation.
+	OpQuote = agent.Op[QuoteRequest, Quote]{Name: "identity.quote", ReadOnly: true,
+		Do: func(ctx context.Context, in QuoteRequest, log *slog.Logger) (Quote, error) {
+			return DefaultHost().quote(ctx, in, log)
+		}}
+	// OpEventLog reads the firmware's TPM event log (DefaultEventLog).
+	OpEventLog = agent.Op[EventLogRequest, EventLog]{Name: "identity.event-log", ReadOnly: true,
+		Do: func(ctx context.Context, in EventLogRequest, log *slog.Logger) (EventLog, error) {
+			return DefaultHost().eventLog(ctx, in, log)
+		}}
 	// OpReset removes the node's identity (AK and key blobs, certificate,
 	// software key) before an explicit re-enrolment: blobs made by a
 	// replaced TPM cannot be loaded by the new one.
@@ -92,7 +107,7 @@ var (
 
 // ops lists the operations, for Phase.Ops.
 func ops() []agent.Handler {
-	return []agent.Handler{OpObserve, OpAttest, OpActivate, OpInstall, OpSign, OpReset}
+	return []agent.Handler{OpObserve, OpAttest, OpActivate, OpInstall, OpSign, OpReset, OpQuote, OpEventLog}
 }
 
 // Handlers returns the identity operations (same names, inputs and outputs
@@ -105,7 +120,32 @@ func (h Host) Handlers() []agent.Handler {
 		agent.Op[InstallRequest, InstallResponse]{Name: OpInstall.Name, Do: h.install},
 		agent.Op[SignRequest, SignResponse]{Name: OpSign.Name, Do: h.sign},
 		agent.Op[ResetRequest, ResetResponse]{Name: OpReset.Name, Do: h.reset},
+		agent.Op[QuoteRequest, Quote]{Name: OpQuote.Name, ReadOnly: true, Do: h.quote},
+		agent.Op[EventLogRequest, EventLog]{Name: OpEventLog.Name, ReadOnly: true, Do: h.eventLog},
 	}
+}
+
+// quote opens the TPM (none: the answer says so) and quotes.
+func (h Host) quote(ctx context.Context, in QuoteRequest, log *slog.Logger) (Quote, error) {
+	n, done, err := h.node(true)
+	if err != nil {
+		log.Debug("TPM not readable", "err", err)
+		n, done, _ = h.node(false)
+	}
+	defer done()
+	q, err := n.Quote(ctx, in)
+	if err != nil {
+		return Quote{}, err
+	}
+	return *q, nil
+}
+
+func (h Host) eventLog(_ context.Context, _ EventLogRequest, _ *slog.Logger) (EventLog, error) {
+	l, err := ReadEventLog(h.EventLog)
+	if err != nil {
+		return EventLog{}, err
+	}
+	return *l, nil
 }
 
 // node opens the TPM when withTPM is set and returns the Node with a

@@ -45,6 +45,20 @@ const (
 	// ActionPublishCRL signs and commits a new revocation list. Target
 	// "crl".
 	ActionPublishCRL Action = "publish-crl"
+	// ActionPinBootState pins the boot state of a node that has no baseline
+	// for every attested PCR (enrolled before castellan attested boot
+	// state, or the profile attests more PCRs). Target "boot-state DIGEST".
+	ActionPinBootState Action = "pin-boot-state"
+	// ActionAcceptBootState makes a changed boot state the node's baseline,
+	// asked with --accept-boot-state NODE. Target "boot-state DIGEST".
+	ActionAcceptBootState Action = "accept-boot-state"
+)
+
+// Nonce purposes (engine.View.Nonce): the quote of the run's observation,
+// and the one an enrolment makes once the new AK is proven.
+const (
+	quotePurpose      = "boot-state"
+	enrolQuotePurpose = "boot-state-enrolment"
 )
 
 // change builds a change of the phase.
@@ -82,10 +96,24 @@ func (ph Phase) now() time.Time {
 	return time.Now()
 }
 
-// Observe implements engine.Observer: the node's identity, read-only.
-func (Phase) Observe(*engine.View, string) ([]agent.Request, error) {
+// Observe implements engine.Observer: the node's identity and a quote of
+// its boot state over this run's nonce, read-only.
+func (Phase) Observe(v *engine.View, node string) ([]agent.Request, error) {
 	r, err := OpObserve.Request(ObserveRequest{})
-	return []agent.Request{r}, err
+	if err != nil {
+		return nil, err
+	}
+	q, err := OpQuote.Request(quoteRequest(v, node, quotePurpose))
+	return []agent.Request{r, q}, err
+}
+
+// attestPCRs are the profile's attested PCRs, ascending.
+func attestPCRs(p *profile.Profile) []int {
+	return slices.Sorted(slices.Values(p.Spec.Identity.AttestPCRs))
+}
+
+func quoteRequest(v *engine.View, node, purpose string) QuoteRequest {
+	return QuoteRequest{Nonce: v.Nonce(node, purpose), PCRs: attestPCRs(v.Profile())}
 }
 
 // profileEKRoots reads spec.identity.ekCACertificates (nil when none are
@@ -145,6 +173,9 @@ type changeData struct {
 	KeyFingerprint string `json:"keyFingerprint,omitempty"`
 	// Deferred: the agent was not on the node when planning.
 	Deferred bool `json:"deferred,omitempty"`
+	// AcceptBootState: --accept-boot-state names the node, so a boot state
+	// that differs from a pinned baseline becomes the baseline.
+	AcceptBootState bool `json:"acceptBootState,omitempty"`
 }
 
 // revokeData is what Apply needs of a revocation.
@@ -175,6 +206,10 @@ func (ph Phase) Plan(ctx context.Context, v *engine.View) (engine.Plan, error) {
 	if err != nil {
 		return plan, err
 	}
+	accept, err := engine.InputOf(v, nodeid.AcceptBootState)
+	if err != nil {
+		return plan, err
+	}
 
 	switch {
 	case st.root == nil:
@@ -190,7 +225,7 @@ func (ph Phase) Plan(ctx context.Context, v *engine.View) (engine.Plan, error) {
 	nodes := v.NodeNames()
 	perNode := make([][]engine.Change, len(nodes))
 	err = v.ForEachNode(ctx, nodes, StepIdentity, func(ctx context.Context, node string) error {
-		cs, err := ph.planNode(ctx, v, node, st, roots != nil, slices.Contains(reEnrol, node), now)
+		cs, err := ph.planNode(ctx, v, node, st, roots != nil, slices.Contains(reEnrol, node), slices.Contains(accept, node), now)
 		perNode[slices.Index(nodes, node)] = cs
 		return err
 	})
@@ -270,7 +305,7 @@ func (ph Phase) publishStored(v *engine.View, st *stored) error {
 }
 
 // planNode plans one targeted node.
-func (ph Phase) planNode(ctx context.Context, v *engine.View, node string, st *stored, ekCA, reEnrol bool, now time.Time) ([]engine.Change, error) {
+func (ph Phase) planNode(ctx context.Context, v *engine.View, node string, st *stored, ekCA, reEnrol, accept bool, now time.Time) ([]engine.Change, error) {
 	prof := v.Profile()
 	insecure := prof.Spec.Identity.TPM == profile.TPMInsecureSkip
 	ag, err := v.Agent(ctx, node)
@@ -296,7 +331,7 @@ func (ph Phase) planNode(ctx context.Context, v *engine.View, node string, st *s
 	}
 	d, err := Plan(PlanInput{Policy: Policy{Cluster: prof.Metadata.Name, Node: node, Software: software, ReEnrol: reEnrol}, Record: rec, Observation: &obs, Now: now})
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, publishRecorded(v, node, rec))
 	}
 	action := d.Action
 	if reEnrol && rec != nil {
@@ -307,17 +342,27 @@ func (ph Phase) planNode(ctx context.Context, v *engine.View, node string, st *s
 	if software {
 		target = "software-key"
 	}
+	// The boot state: proven by the observed quote for a node that keeps
+	// its enrolled AK; an enrolment proves and pins it once the new AK is
+	// proven (Apply); a software key has no TPM to quote.
+	var boot []engine.Change
+	switch {
+	case software:
+		if err := engine.Publish(v, nodeid.BootStateKey, node, nodeid.BootState{Result: "not-attested"}); err != nil {
+			return nil, err
+		}
+	case action == ActionNone || action == ActionRenew:
+		if boot, err = ph.planBootState(ctx, v, node, rec, accept); err != nil {
+			return nil, errors.Join(err, publishRecorded(v, node, rec))
+		}
+	}
 	var summary string
 	switch action {
 	case ActionNone:
-		cert, err := x509.ParseCertificate(rec.Certificate)
-		if err != nil {
-			return nil, fmt.Errorf("state repo data/identity/%s: certificate of node %s: %w", DataNodes, node, err)
-		}
-		if err := engine.Publish(v, nodeid.CertificateKey, node, nodeid.Certificate{Cert: cert, Protection: rec.Protection}); err != nil {
+		if err := publishRecorded(v, node, rec); err != nil {
 			return nil, err
 		}
-		return nil, engine.Publish(v, nodeid.EnrolmentKey, node, enrolmentOf(rec, "none", ""))
+		return boot, engine.Publish(v, nodeid.EnrolmentKey, node, enrolmentOf(rec, "none", ""))
 	case ActionRenew:
 		target = "key " + rec.KeyFingerprint
 		data.KeyFingerprint = rec.KeyFingerprint
@@ -326,6 +371,7 @@ func (ph Phase) planNode(ctx context.Context, v *engine.View, node string, st *s
 		if software {
 			summary = fmt.Sprintf("renew the node certificate (%s): the same software key (insecure-skip)", d.Reason)
 		}
+		return append(boot, change(node, action, target, summary, data)), nil
 	case ActionEnrol:
 		switch {
 		case software:
@@ -363,7 +409,28 @@ func (ph Phase) planNode(ctx context.Context, v *engine.View, node string, st *s
 			summary += "; confirm that this node's TPM endorsement key is " + d.EKHash
 		}
 	}
+	if !software {
+		data.AcceptBootState = accept
+		summary += fmt.Sprintf("; then the new AK quotes the boot state (PCRs %s) over a fresh nonce, which becomes the node's baseline", pcrList(attestPCRs(prof)))
+		if action == ActionEnrol && !accept {
+			summary += " (or, if the state repo pins one already, must match it)"
+		}
+	}
 	return []engine.Change{change(node, action, target, summary, data)}, nil
+}
+
+// publishRecorded publishes the certificate the state repo records for
+// node (nothing when none): a plan that refuses the node still lets later
+// phases plan (castellan verify checks them all).
+func publishRecorded(v *engine.View, node string, rec *Record) error {
+	if rec == nil {
+		return nil
+	}
+	cert, err := x509.ParseCertificate(rec.Certificate)
+	if err != nil {
+		return fmt.Errorf("state repo data/identity/%s: certificate of node %s: %w", DataNodes, node, err)
+	}
+	return engine.Publish(v, nodeid.CertificateKey, node, nodeid.Certificate{Cert: cert, Protection: rec.Protection})
 }
 
 // enrolmentOf is the recorded output of a record.
@@ -409,7 +476,14 @@ func (ph Phase) Apply(ctx context.Context, r *engine.Run, p engine.Plan) error {
 			if err := r.Checkpoint(); err != nil {
 				return err
 			}
-			if err := a.enrol(ctx, node, c); err != nil {
+			var err error
+			switch Action(c.Action) {
+			case ActionPinBootState, ActionAcceptBootState:
+				err = a.storeBootState(node, c)
+			default:
+				err = a.enrol(ctx, node, c)
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -524,9 +598,27 @@ func (a *applier) enrol(ctx context.Context, node string, c engine.Change) error
 	if Action(c.Action) == ActionRenew && e.KeyFingerprint != d.KeyFingerprint {
 		return fmt.Errorf("node %s: the plan renews the certificate of key %s, and the node now presents key %s: nothing was issued; plan again", node, d.KeyFingerprint, e.KeyFingerprint)
 	}
+	// A TPM enrolment proves the boot state with the new AK before any
+	// certificate is issued, and pins it (before the record: a crash in
+	// between enrols again and finds the same baseline).
+	var baseline *Baseline
+	var boot nodeid.BootState
+	if !d.Software && Action(c.Action) != ActionRenew {
+		if baseline, boot, err = a.attestEnrolment(ctx, node, e, Action(c.Action), d.AcceptBootState); err != nil {
+			return err
+		}
+	}
 	cert, rec, err := e.Issue(a.auth, a.now, a.ph.Validity)
 	if err != nil {
 		return err
+	}
+	if baseline != nil {
+		if err := a.putBaseline(node, *baseline); err != nil {
+			return err
+		}
+		if err := engine.Publish(r.View, nodeid.BootStateKey, node, boot); err != nil {
+			return err
+		}
 	}
 	if err := a.store(node, rec, c.Action); err != nil {
 		return err
@@ -549,6 +641,9 @@ func (a *applier) enrol(ctx context.Context, node string, c engine.Change) error
 		created = "created " + strings.Join(att.Created, ", ")
 	}
 	r.Info(node, "%s: %s %s, EK %s (%s), certificate serial %s valid until %s; %s", c.Action, what, rec.KeyFingerprint, orNone(rec.EKHash), rec.EKTrust, rec.CertSerial, rec.CertNotAfter.Format(time.DateOnly), created)
+	if baseline != nil {
+		r.Info(node, "boot state %s (PCRs %s) %s (%s)", boot.Digest, pcrList(boot.PCRs), boot.Result, boot.How)
+	}
 	return nil
 }
 

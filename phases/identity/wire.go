@@ -158,9 +158,12 @@ const (
 
 // decodeStrict decodes one JSON value of at most maxMessage bytes into v,
 // refusing unknown fields and trailing data.
-func decodeStrict(data []byte, v any) error {
-	if len(data) > maxMessage {
-		return fmt.Errorf("message of %d bytes, more than %d", len(data), maxMessage)
+func decodeStrict(data []byte, v any) error { return decodeStrictMax(data, v, maxMessage) }
+
+// decodeStrictMax is decodeStrict for messages of at most limit bytes.
+func decodeStrictMax(data []byte, v any, limit int) error {
+	if len(data) > limit {
+		return fmt.Errorf("message of %d bytes, more than %d", len(data), limit)
 	}
 	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
 		return errors.New("decoding: null instead of a value")
