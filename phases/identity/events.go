@@ -108,13 +108,20 @@ func text(b []byte) string {
 	return ""
 }
 
+// isText: valid text of which at least three runes in four are printable
+// (printable escapes the others).
 func isText(s string) bool {
+	n, bad := 0, 0
 	for _, r := range s {
-		if r == utf8.RuneError || (!unicode.IsPrint(r) && r != ' ') {
+		n++
+		switch {
+		case r == utf8.RuneError || r == 0:
 			return false
+		case !unicode.IsPrint(r):
+			bad++
 		}
 	}
-	return true
+	return n > 0 && bad*4 <= n
 }
 
 func utf16String(b []byte) string {

@@ -51,6 +51,8 @@ type nodeTPM struct {
 	rig *rig
 	rec *Recorder
 	dir string
+	// log is the node's TPM event log file (absent until a test writes it).
+	log string
 }
 
 func newSWTPMCluster(t testing.TB) *swtpmCluster {
@@ -73,24 +75,33 @@ func (c *swtpmCluster) attach(node string, r *rig, dir string) {
 	if dir == "" {
 		dir = filepath.Join(c.t.TempDir(), "identity")
 	}
-	n := &nodeTPM{rig: r, dir: dir}
+	n := &nodeTPM{rig: r, dir: dir, log: dir + ".event-log"}
 	if r != nil {
 		n.rec = NewRecorder(r.node.TPM)
 	}
 	c.tpms[node] = n
 	c.mu.Unlock()
-	h := Host{Dir: dir, OpenTPM: func() (transport.TPMCloser, error) {
-		if n.rig == nil {
-			return nil, errors.New("opening the TPM /dev/tpmrm0: no such file or directory")
-		}
-		return nopCloser{n.rec}, nil
-	}}
+	h := c.host(node)
 	log := slog.New(slog.DiscardHandler)
 	for _, op := range h.Handlers() {
 		c.nodes.Handle(node, op, func(in json.RawMessage) (any, error) {
 			return op.Serve(context.Background(), in, log)
 		})
 	}
+}
+
+// host is the real node side of node: its TPM (as attached), identity
+// directory and event log.
+func (c *swtpmCluster) host(node string) Host {
+	n := c.tpm(node)
+	return Host{Dir: n.dir, EventLog: n.log, OpenTPM: func() (transport.TPMCloser, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if n.rig == nil {
+			return nil, errors.New("opening the TPM /dev/tpmrm0: no such file or directory")
+		}
+		return nopCloser{n.rec}, nil
+	}}
 }
 
 func (c *swtpmCluster) tpm(node string) *nodeTPM {

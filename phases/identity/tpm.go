@@ -154,6 +154,8 @@ var names = map[tpm2.TPMCC]string{
 	tpm2.TPMCCStartAuthSession:   "TPM2_StartAuthSession",
 	tpm2.TPMCCPolicySecret:       "TPM2_PolicySecret",
 	tpm2.TPMCCGetCapability:      "TPM2_GetCapability",
+	tpm2.TPMCCQuote:              "TPM2_Quote",
+	tpm2.TPMCCPCRRead:            "TPM2_PCR_Read",
 }
 
 func commandName(cc tpm2.TPMCC) string {

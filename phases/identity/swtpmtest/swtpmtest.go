@@ -240,6 +240,32 @@ func (tp *TPM) start(t testing.TB) {
 	}
 }
 
+// Restart stops the TPM and starts it again on the same state: a reboot
+// of the machine it belongs to. Its PCRs start over from their reset
+// values (swtpm sends TPM2_Startup(CLEAR)); keys, seeds and NV stay. Close
+// connections first and open new ones after.
+func (tp *TPM) Restart(t testing.TB) {
+	t.Helper()
+	tp.stop()
+	if err := os.Remove(tp.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	tp.start(t)
+}
+
+// Extend extends PCR pcr's SHA-256 bank with digest (TPM2_PCR_Extend), as
+// firmware measuring a boot component, or tpm2_pcrextend, does.
+func Extend(t testing.TB, tpm transport.TPM, pcr int, digest []byte) {
+	t.Helper()
+	_, err := tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: digest}}},
+	}.Execute(tpm)
+	if err != nil {
+		t.Fatalf("extending PCR %d: %v", pcr, err)
+	}
+}
+
 func (tp *TPM) stop() {
 	if tp.cmd == nil || tp.cmd.Process == nil {
 		return
