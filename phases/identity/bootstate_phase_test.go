@@ -13,6 +13,7 @@ import (
 
 	"castellan/installer/engine"
 	"castellan/installer/nodeid"
+	"castellan/installer/profile"
 	"castellan/phases/identity/swtpmtest"
 )
 
@@ -298,5 +299,70 @@ func TestForgedQuotesRefusedThroughTheEngine(t *testing.T) {
 		if !errors.As(r.planErr, &ae) || ae.Node != "n1" || !strings.Contains(r.planErr.Error(), what) || !engine.IsDrift(r.planErr) {
 			t.Errorf("%s: %v", what, r.planErr)
 		}
+	}
+}
+
+// verify runs castellan verify's engine step for the identity phase.
+func (c *swtpmCluster) verify(p *profile.Profile) engine.VerifyResult {
+	s := engine.NewSession(engine.SessionConfig{ID: "verify", Profile: p, Nodes: p.Spec.Nodes, Access: c.nodes, Store: c.store})
+	return (&engine.Engine{}).Verify(context.Background(), s, []engine.Phase{Phase{}})
+}
+
+func checksOf(res engine.VerifyResult) map[string]engine.Check {
+	out := map[string]engine.Check{}
+	for _, c := range res.Checks {
+		out[c.Node+"/"+c.Name] = c
+	}
+	return out
+}
+
+// TestVerifyIdentity: castellan verify's identity checks, in one exec per
+// node and writing nothing: all ok after enrolment (certificate, TPM key
+// certified in this run, boot state against the baseline, trust anchors);
+// a PCR extended on n1 is drift on n1 only; a certificate removed from n2
+// is drift there (its renewal), its boot state still ok.
+func TestVerifyIdentity(t *testing.T) {
+	c := newSWTPMCluster(t)
+	for _, n := range []string{"n1", "n2"} {
+		c.attach(n, newRig(t, c.ca), "")
+		c.boot(t, n, uefiBoot("grub 2.06-13"))
+	}
+	prof := c.profile("", "n1", "n2")
+	if r := c.apply(Phase{}, prof, nil, engine.Inputs{}, false); r.res.Outcome != engine.OutcomeOK {
+		t.Fatalf("enrolment: %+v", r.res)
+	}
+	stored := maps(c.store)
+	before := c.nodes.Execs("n1")
+	res := c.verify(prof)
+	if res.Status != engine.CheckOK {
+		t.Fatalf("verify after enrolment: %+v", res)
+	}
+	if got := c.nodes.Execs("n1") - before; got != 1 {
+		t.Errorf("verify cost %d execs on n1, want 1", got)
+	}
+	got := checksOf(res)
+	for _, k := range []string{"/trust", "n1/certificate", "n1/key", "n1/boot-state", "n2/certificate", "n2/key", "n2/boot-state"} {
+		if got[k].Status != engine.CheckOK {
+			t.Errorf("%s: %+v", k, got[k])
+		}
+	}
+	if !strings.Contains(got["n1/boot-state"].Message, "PCRs 0, 2, 4, 7 match the baseline pinned by run 1") ||
+		!strings.Contains(got["n1/key"].Message, "TPM-resident key") {
+		t.Errorf("messages: %q, %q", got["n1/boot-state"].Message, got["n1/key"].Message)
+	}
+
+	swtpmtest.Extend(t, c.tpm("n1").rig.conn, 7, bytes.Repeat([]byte{7}, 32))
+	if err := os.Remove(c.tpm("n2").dir + "/" + CertFile); err != nil {
+		t.Fatal(err)
+	}
+	res = c.verify(prof)
+	got = checksOf(res)
+	if res.Status != engine.CheckDrift || got["n1/plan"].Status != engine.CheckDrift || !strings.Contains(got["n1/plan"].Message, "PCR 7 (Secure Boot policy)") ||
+		got["n2/renew"].Status != engine.CheckDrift || !strings.Contains(got["n2/renew"].Message, "no certificate on the node") ||
+		got["n2/certificate"].Status != "" || got["n2/boot-state"].Status != engine.CheckOK {
+		t.Errorf("verify after drift: %+v", res.Checks)
+	}
+	if !equalMaps(maps(c.store), stored) {
+		t.Fatal("verify changed the state repo")
 	}
 }
