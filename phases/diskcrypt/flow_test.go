@@ -234,6 +234,15 @@ func (f *flow) plan() (engine.Plan, error) {
 	return engine.Plan{}, err
 }
 
+// verify is castellan verify's engine step over the fake preflight and
+// the phase.
+func (f *flow) verify() engine.VerifyResult {
+	f.t.Helper()
+	s := engine.NewSession(engine.SessionConfig{ID: "verify", Profile: f.prof, Nodes: f.prof.Spec.Nodes, Access: f.access(), Store: f.store, Sink: f.events})
+	e := engine.Engine{Phases: []engine.Phase{fakePreflight{root: f.n.Root, noTPM: f.noTPM}, f.phase}}
+	return e.Verify(ctxT(f.t), s, e.Phases)
+}
+
 func (f *flow) mustApply() {
 	f.t.Helper()
 	res := f.apply()

@@ -261,34 +261,19 @@ func planNode(ctx context.Context, v *engine.View, node string) ([]engine.Change
 		}
 		return out, nil, nil
 	}
-	f, ok := engine.Lookup(v, facts.Key, node)
-	if !ok {
-		return nil, nil, fmt.Errorf("%s: the preflight phase's facts of this node are missing (disk encryption checks the disks with them): run preflight with this phase (--only preflight,%s)", node, Name)
-	}
-	obs, err := engine.Call(ctx, v, node, OpObserve, observeRequest(n))
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(obs.Disks) != len(n.DataDisks) {
-		return nil, nil, fmt.Errorf("%s: the agent reported %d of %d data disks", node, len(obs.Disks), len(n.DataDisks))
-	}
-	rec, err := readRecord(v, node)
+	ins, err := diskInputs(ctx, v, node)
 	if err != nil {
 		return nil, nil, err
 	}
 	var changes []engine.Change
 	var notes []string
 	var errs []error
-	for i, d := range n.DataDisks {
-		in := diskInput{
-			Cluster: v.Profile().Metadata.Name, Node: node, Index: i, Disk: d,
-			PCRs: v.Profile().Spec.DiskEncryption.PCRs, Generation: v.Profile().Spec.DiskEncryption.RecoveryGeneration,
-			Facts: f, Obs: obs.Disks[i], Record: rec,
-			Secret: func(name string) ([]byte, bool, error) { return v.Secret(name) },
-		}
+	for _, in := range ins {
 		dec, err := decide(in)
 		if err != nil {
-			errs = append(errs, err)
+			// The disk is not what the profile says and apply refuses to
+			// touch it: castellan verify reports drift.
+			errs = append(errs, driftError{err})
 			continue
 		}
 		changes = append(changes, dec.changes...)
@@ -297,4 +282,89 @@ func planNode(ctx context.Context, v *engine.View, node string) ([]engine.Change
 		}
 	}
 	return changes, notes, joinErrors(errs)
+}
+
+// diskInputs gathers what the plan knows of each of node's data disks: the
+// facts preflight published, this phase's observation (from the run's one
+// exec), the state repo's record and secrets.
+func diskInputs(ctx context.Context, v *engine.View, node string) ([]diskInput, error) {
+	n, _ := v.Node(node)
+	f, ok := engine.Lookup(v, facts.Key, node)
+	if !ok {
+		return nil, fmt.Errorf("%s: the preflight phase's facts of this node are missing (disk encryption checks the disks with them): run preflight with this phase (--only preflight,%s)", node, Name)
+	}
+	obs, err := engine.Call(ctx, v, node, OpObserve, observeRequest(n))
+	if err != nil {
+		return nil, err
+	}
+	if len(obs.Disks) != len(n.DataDisks) {
+		return nil, fmt.Errorf("%s: the agent reported %d of %d data disks", node, len(obs.Disks), len(n.DataDisks))
+	}
+	rec, err := readRecord(v, node)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]diskInput, len(n.DataDisks))
+	for i, d := range n.DataDisks {
+		out[i] = diskInput{
+			Cluster: v.Profile().Metadata.Name, Node: node, Index: i, Disk: d,
+			PCRs: v.Profile().Spec.DiskEncryption.PCRs, Generation: v.Profile().Spec.DiskEncryption.RecoveryGeneration,
+			Facts: f, Obs: obs.Disks[i], Record: rec,
+			Secret: func(name string) ([]byte, bool, error) { return v.Secret(name) },
+		}
+	}
+	return out, nil
+}
+
+// driftError marks a disk the plan refuses to touch because it is not what
+// the profile says (engine.DriftError): castellan verify reports it as
+// drift; apply fails as before.
+type driftError struct{ error }
+
+func (e driftError) Unwrap() error { return e.error }
+
+// Drift implements engine.DriftError.
+func (driftError) Drift() {}
+
+// CheckDisk is the check the phase adds to castellan verify, per data disk.
+const CheckDisk = "disk"
+
+var _ engine.Verifier = Phase{}
+
+// Verify implements engine.Verifier: for each data disk whose plan is
+// empty, what was checked: castellan's LUKS2 header, opened by its mapping,
+// one TPM2 keyslot on the profile's PCRs that the TPM unseals now, the
+// ext4 filesystem mounted at the disk's mount point, the crypttab and
+// fstab lines, the escrowed header current. Disks with a planned change or
+// a refusal are reported by the engine from the plan. It reads the run's
+// observation (no exec of its own).
+func (Phase) Verify(ctx context.Context, v *engine.View, p engine.Plan) ([]engine.Check, error) {
+	var out []engine.Check
+	for _, n := range v.Nodes() {
+		if !enabled(v.Profile(), n) {
+			continue
+		}
+		if st, err := v.Agent(ctx, n.Name); err != nil || !st.Installed {
+			continue
+		}
+		ins, err := diskInputs(ctx, v, n.Name)
+		if err != nil {
+			continue // the plan failed for the node: reported from it
+		}
+		for _, in := range ins {
+			dec, err := decide(in)
+			if err != nil || len(dec.changes) > 0 {
+				continue
+			}
+			t, _ := in.ownToken()
+			pcrs := "?"
+			if tok := in.Obs.Header.TPM2Tokens(); len(tok) == 1 && tok[0].TPM2 != nil {
+				pcrs = pcrList(tok[0].TPM2.PCRs)
+			}
+			out = append(out, engine.Check{Node: n.Name, Name: CheckDisk, Target: in.Disk.Device, Status: engine.CheckOK,
+				Message: fmt.Sprintf("LUKS2 %s open as %s, TPM2 keyslot on PCRs %s (the TPM unseals it now), ext4 %s mounted at %s, recovery passphrase generation %d escrowed",
+					in.Obs.Header.UUID, MappingName(in.Obs.Header.UUID), pcrs, t.Filesystem.UUID, in.Disk.MountPoint, t.Recovery.Generation)})
+		}
+	}
+	return out, nil
 }

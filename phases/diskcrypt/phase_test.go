@@ -23,6 +23,14 @@ func TestPhaseEncryptsThenRerunIsNoop(t *testing.T) {
 	if res.Outcome != "unchanged" {
 		t.Errorf("rerun outcome %s: %s", res.Outcome, res.Error)
 	}
+	// castellan verify: the disk, checked against the real header, the
+	// TPM probe on swtpm and the mount.
+	v := f.verify()
+	if v.Status != engine.CheckOK || !slices.ContainsFunc(v.Checks, func(c engine.Check) bool {
+		return c.Phase == Name && c.Name == CheckDisk && c.Target == "/dev/vdb" && strings.Contains(c.Message, "the TPM unseals it now")
+	}) {
+		t.Errorf("verify: %+v", v)
+	}
 	f.noPlaintext()
 }
 

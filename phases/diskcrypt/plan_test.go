@@ -128,6 +128,9 @@ type planCase struct {
 	done    bool // start from the finished disk (doneFacts, doneObs, doneStore)
 	actions []string
 	err     string
+	// verify, when set, receives castellan verify's result instead of
+	// planning.
+	verify *engine.VerifyResult
 }
 
 // planWith plans the phase through the engine against a FakeNodes node
@@ -174,6 +177,10 @@ func planWith(t *testing.T, c planCase) (engine.Plan, int, error) {
 	}
 	s := engine.NewSession(engine.SessionConfig{ID: "plan", Profile: p, Nodes: p.Spec.Nodes, Access: nodes, Store: store})
 	e := engine.Engine{Phases: []engine.Phase{factsPhase{f}, Phase{}}}
+	if c.verify != nil {
+		*c.verify = e.Verify(context.Background(), s, e.Phases)
+		return engine.Plan{}, observed, nil
+	}
 	plans, err := e.PlanAll(context.Background(), s, e.Phases)
 	for _, pl := range plans {
 		if pl.Phase == Name {
@@ -417,5 +424,46 @@ func TestPlanBeforeTheAgentIsThere(t *testing.T) {
 		if calls := nodes.Calls(); len(calls) != 0 {
 			t.Errorf("the plan asked the node %v", calls)
 		}
+	}
+}
+
+// TestVerifyDisks: castellan verify's disk checks on the fixtures, in the
+// one observation exec: the finished disk is ok, saying what was checked;
+// unmounted, without its TPM2 keyslot, not opened, or unsealed by the TPM
+// no more, it is drift naming what a rerun would do; a disk apply refuses
+// to touch (mounted elsewhere) is drift too, not a failure.
+func TestVerifyDisks(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		obs    func(*DiskState)
+		facts  func(*facts.Node)
+		status engine.CheckStatus
+		check  string
+		want   string
+	}{
+		{"done", nil, nil, engine.CheckOK, "disk", "LUKS2 " + tUUID + " open as castellan-" + tUUID + ", TPM2 keyslot on PCRs 7 (the TPM unseals it now), ext4 " + tFSUUID + " mounted at " + tMP},
+		{"unmounted", func(o *DiskState) { o.MountPoint = MountPointState{Exists: true}; o.Mapping.Mounts = nil }, nil, engine.CheckDrift, ActionSetup, "mount it"},
+		{"no TPM2 keyslot", func(o *DiskState) { o.Header.Tokens = o.Header.Tokens[:1] }, nil, engine.CheckDrift, ActionEnrolTPM, "it has no TPM2 keyslot"},
+		{"TPM refuses", func(o *DiskState) { o.TPM = TPMProbe{Result: TPMRefused, Detail: "No usable token"} }, nil, engine.CheckDrift, ActionEnrolTPM, "the TPM no longer unseals its key"},
+		{"closed", func(o *DiskState) { o.Mapping = nil; o.MountPoint = MountPointState{Exists: true} },
+			func(f *facts.Node) { f.Disks[1].Holders, f.Disks[1].Busy = nil, false }, engine.CheckDrift, ActionSetup, "unlock it"},
+		{"mounted elsewhere", func(o *DiskState) { o.Mapping.Mounts = []string{"/srv"}; o.MountPoint = MountPointState{Exists: true} }, nil, engine.CheckDrift, "plan", "is mounted at /srv, the profile says"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var res engine.VerifyResult
+			_, observed, _ := planWith(t, planCase{done: true, obs: c.obs, facts: c.facts, verify: &res})
+			if observed != 1 {
+				t.Errorf("%d observations, want 1", observed)
+			}
+			var found *engine.Check
+			for i, ch := range res.Checks {
+				if ch.Phase == Name && ch.Name == c.check {
+					found = &res.Checks[i]
+				}
+			}
+			if found == nil || found.Status != c.status || !strings.Contains(found.Message, c.want) || res.Status != c.status {
+				t.Errorf("status %s, checks %+v; want %s %s saying %q", res.Status, res.Checks, c.check, c.status, c.want)
+			}
+		})
 	}
 }
