@@ -16,6 +16,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // The test binary doubles as the helpers the tests start as processes of
@@ -44,7 +45,7 @@ func TestMain(m *testing.M) {
 		n := &Node{Root: root, GuardCommand: []string{exe}, GuardEnv: []string{"MESH_TEST_AGENT_ROOT=", "MESH_TEST_GUARD_ROOT=" + root}}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 		defer stop()
-		err := agent.NewRegistry(n.Handlers()...).Serve(ctx, os.Args[1], os.Stdin, os.Stdout, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+		err := agent.NewRegistry(append(n.Handlers(), removePeer(n))...).Serve(ctx, os.Args[1], os.Stdin, os.Stdout, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
@@ -55,6 +56,31 @@ func TestMain(m *testing.M) {
 		os.Exit(runWireGuardGo(name))
 	}
 	os.Exit(m.Run())
+}
+
+// removePeerRequest asks testRemovePeer to remove a peer from a device.
+type removePeerRequest struct {
+	Interface string `json:"interface"`
+	PublicKey string `json:"publicKey"`
+}
+
+// testRemovePeer is what `wg set IFACE peer KEY remove` does by hand on a
+// node: a test operation of this test binary's agent, never of castellan's.
+const testRemovePeer = "test.remove-peer"
+
+func removePeer(n *Node) agent.Handler {
+	return agent.Op[removePeerRequest, struct{}]{Name: testRemovePeer, Do: func(_ context.Context, in removePeerRequest, _ *slog.Logger) (struct{}, error) {
+		k, err := wgtypes.ParseKey(in.PublicKey)
+		if err != nil {
+			return struct{}{}, err
+		}
+		c, err := n.wg()
+		if err != nil {
+			return struct{}{}, err
+		}
+		defer c.Close()
+		return struct{}{}, c.ConfigureDevice(in.Interface, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k, Remove: true}}})
+	}}
 }
 
 func runWireGuardGo(name string) int {

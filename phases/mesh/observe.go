@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -21,7 +22,7 @@ import (
 // a pending revert guard, and the SSH session the agent runs under. What
 // cannot be read is listed in Problems; the rest is still valid.
 func (n *Node) Observe(_ context.Context, req ObserveRequest) (Observation, error) {
-	var o Observation
+	o := Observation{Time: time.Now().UTC()}
 	problem := func(format string, args ...any) { o.Problems = append(o.Problems, fmt.Sprintf(format, args...)) }
 	if err := checkInterfaceName(req.Interface); err != nil {
 		return o, err

@@ -72,6 +72,9 @@ type Phase struct {
 	GuardSeconds int
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// HandshakeMaxAge is how old a peer's last handshake may be before
+	// castellan verify reports drift (DefaultHandshakeMaxAge when 0).
+	HandshakeMaxAge time.Duration
 }
 
 // Name implements engine.Phase.

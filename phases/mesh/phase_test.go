@@ -174,12 +174,13 @@ type phaseLab struct {
 	nodes *enginetest.FakeNodes
 	phase Phase
 	iface string
+	procs map[string]*agentProcess
 }
 
 func newPhaseLab(t *testing.T, nodes int) *phaseLab {
 	requireNFT(t)
 	tn := newTestNet(t, nodes)
-	l := &phaseLab{t: t, tn: tn, store: enginetest.NewMemStore(), nodes: enginetest.NewFakeNodes(Ops()...), iface: "cm" + tn.id + "wg"}
+	l := &phaseLab{t: t, tn: tn, store: enginetest.NewMemStore(), nodes: enginetest.NewFakeNodes(Ops()...), iface: "cm" + tn.id + "wg", procs: map[string]*agentProcess{}}
 	var names []string
 	for _, n := range tn.nodes {
 		names = append(names, n.name)
@@ -193,6 +194,7 @@ func newPhaseLab(t *testing.T, nodes int) *phaseLab {
 // plug starts n's node process and routes every mesh operation to it.
 func (l *phaseLab) plug(n *testNode) {
 	a := startNodeProcess(l.t, n, l.iface)
+	l.procs[n.name] = a
 	for _, op := range Ops() {
 		l.nodes.Handle(n.name, op, a.serve(op.OpName()))
 	}
@@ -427,5 +429,96 @@ func TestPlanBeforeTheIdentityPhase(t *testing.T) {
 		if len(plan.Changes) != 2 || plan.Changes[0].Action != ActionConfigure || !strings.Contains(plan.Changes[0].Summary, "planned in detail after") {
 			t.Errorf("agent there %v: plan = %+v", agentThere, plan)
 		}
+	}
+}
+
+// verify runs castellan verify's engine step for the mesh on the first
+// nodes of the lab.
+func (l *phaseLab) verify(nodes int) engine.VerifyResult {
+	p := l.profile(nodes)
+	s := engine.NewSession(engine.SessionConfig{ID: "verify", Profile: p, Nodes: p.Spec.Nodes, Access: l.nodes, Store: l.store})
+	return (&engine.Engine{}).Verify(context.Background(), s, []engine.Phase{l.phase})
+}
+
+func meshChecks(r engine.VerifyResult) map[string]engine.Check {
+	out := map[string]engine.Check{}
+	for _, c := range r.Checks {
+		out[c.Node+"/"+c.Name] = c
+	}
+	return out
+}
+
+// TestVerifyMesh: castellan verify against real node processes
+// (userspace WireGuard in namespaces, nf_tables): right after an apply and
+// a ping every check is ok, in one exec per node; handshakes older than
+// the bound are drift; a peer removed by hand (wg set ... peer ... remove)
+// is drift naming the peer; a rule deleted by hand from table inet
+// castellan (nft delete rule ...) is drift naming the table.
+func TestVerifyMesh(t *testing.T) {
+	l := newPhaseLab(t, 3)
+	_, res, s := l.apply(3)
+	if res.Outcome != engine.OutcomeOK {
+		t.Fatalf("apply: %s %s %v", res.Outcome, res.Error, s.NodeErrors())
+	}
+	l.pingAll(s, "n1", "n2", "n3")
+	before := l.nodes.Execs("n1")
+	r := l.verify(3)
+	got := meshChecks(r)
+	if r.Status != engine.CheckOK {
+		t.Fatalf("verify after apply: %+v", r.Checks)
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		for _, c := range []string{CheckInterface, CheckPeers, CheckHandshakes, CheckUnderlay} {
+			if got[n+"/"+c].Status != engine.CheckOK {
+				t.Errorf("%s/%s: %+v", n, c, got[n+"/"+c])
+			}
+		}
+	}
+	if e := l.nodes.Execs("n1") - before; e != 1 {
+		t.Errorf("verify cost %d execs on n1, want 1", e)
+	}
+	t.Logf("n1: %s; %s; %s", got["n1/peers"].Message, got["n1/handshakes"].Message, got["n1/underlay"].Message)
+
+	l.phase.HandshakeMaxAge = time.Nanosecond
+	if got := meshChecks(l.verify(3)); got["n2/handshakes"].Status != engine.CheckDrift || !strings.Contains(got["n2/handshakes"].Message, "no handshake within 1ns with n1 (") {
+		t.Errorf("stale handshakes: %+v", got["n2/handshakes"])
+	}
+	l.phase.HandshakeMaxAge = 0
+
+	// By hand on n1: wg set IFACE peer N2KEY remove.
+	n2, _ := engine.Lookup(s.View(Name), meshaddr.Key, "n2")
+	in, _ := json.Marshal(removePeerRequest{Interface: l.iface, PublicKey: n2.PublicKey})
+	if _, err := l.procs["n1"].serve(testRemovePeer)(in); err != nil {
+		t.Fatal(err)
+	}
+	// By hand on n3: nft delete rule inet castellan input handle N.
+	listing, err := exec.Command("ip", "netns", "exec", l.procs["n3"].n.ns, "nft", "-a", "list", "chain", "inet", TableName, "input").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list: %v %s", err, listing)
+	}
+	handle := ""
+	for _, line := range strings.Split(string(listing), "\n") {
+		if i := strings.Index(line, "# handle "); i >= 0 && strings.Contains(line, "udp dport") {
+			handle = strings.TrimSpace(line[i+len("# handle "):])
+			break
+		}
+	}
+	if handle == "" {
+		t.Fatalf("no UDP rule in:\n%s", listing)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", l.procs["n3"].n.ns, "nft", "delete", "rule", "inet", TableName, "input", "handle", handle).CombinedOutput(); err != nil {
+		t.Fatalf("nft delete rule: %v %s", err, out)
+	}
+	r = l.verify(3)
+	got = meshChecks(r)
+	if r.Status != engine.CheckDrift || got["n1/peers"].Status != engine.CheckDrift || !strings.Contains(got["n1/peers"].Message, "peer n2 ("+n2.PublicKey+") is missing") ||
+		got["n1/configure"].Status != engine.CheckDrift {
+		t.Errorf("a removed peer: %+v", r.Checks)
+	}
+	if got["n3/underlay"].Status != engine.CheckDrift || !strings.Contains(got["n3/underlay"].Message, "a rule was changed, added or deleted by hand") || got["n3/firewall"].Status != engine.CheckDrift {
+		t.Errorf("a deleted rule: %+v", got["n3/underlay"])
+	}
+	if got["n2/underlay"].Status != engine.CheckOK {
+		t.Errorf("n2 was not touched: %+v", got["n2/underlay"])
 	}
 }

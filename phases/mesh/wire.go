@@ -37,6 +37,9 @@ type Observation struct {
 	Networkd bool `json:"networkd"`
 	// Problems are facts that could not be read.
 	Problems []string `json:"problems,omitempty"`
+	// Time is the node's clock when it observed (handshake ages are
+	// measured on it, whatever the installer's clock says).
+	Time time.Time `json:"time,omitzero"`
 }
 
 // KeyState describes the key file. The private key never leaves the node.
