@@ -46,6 +46,11 @@ type Apply struct {
 	// new identity and revokes the old certificate. Each must be a node the
 	// run targets, and the identity phase must run.
 	ReEnrol []string
+	// AcceptBootState names nodes whose changed boot state the identity
+	// phase accepts explicitly (--accept-boot-state): their attested PCRs
+	// become their new baseline, and the run records it. Each must be a
+	// node the run targets, and the identity phase must run.
+	AcceptBootState []string
 }
 
 // NewApply returns the apply verb.
@@ -76,6 +81,9 @@ func (a *Apply) Prepare(ctx context.Context, plan bool) (*Pending, error) {
 		return nil, err
 	}
 	if err := t.reEnrol(a.ReEnrol); err != nil {
+		return nil, err
+	}
+	if err := t.acceptBootState(a.AcceptBootState); err != nil {
 		return nil, err
 	}
 	return prepare(ctx, t, pendingRun{command: "apply", only: a.Only, acceptNew: a.AcceptNewHostKeys}, plan)
@@ -333,21 +341,33 @@ func sha256hex(b []byte) string {
 
 // reEnrol hands the identity phase the nodes to re-enrol explicitly.
 func (t *target) reEnrol(nodes []string) error {
+	return t.identityInput("--re-enrol", nodeid.ReEnrol, nodes)
+}
+
+// acceptBootState hands the identity phase the nodes whose changed boot
+// state is accepted explicitly.
+func (t *target) acceptBootState(nodes []string) error {
+	return t.identityInput("--accept-boot-state", nodeid.AcceptBootState, nodes)
+}
+
+// identityInput checks a flag naming nodes for the identity phase (each in
+// the profile and targeted, the phase selected) and sets it as the input.
+func (t *target) identityInput(flag string, in engine.Input[[]string], nodes []string) error {
 	if len(nodes) == 0 {
 		return nil
 	}
 	if !slices.Contains(engine.PhaseNames(t.phases), nodeid.Phase) {
-		return inputErr(fmt.Errorf("--re-enrol needs the %s phase, which --only leaves out", nodeid.Phase))
+		return inputErr(fmt.Errorf("%s needs the %s phase, which --only leaves out", flag, nodeid.Phase))
 	}
 	for _, n := range nodes {
 		if _, ok := t.profile.Node(n); !ok {
-			return inputErr(fmt.Errorf("--re-enrol %s: no such node in the profile", n))
+			return inputErr(fmt.Errorf("%s %s: no such node in the profile", flag, n))
 		}
 		if !slices.ContainsFunc(t.nodes, func(pn profile.Node) bool { return pn.Name == n }) {
-			return inputErr(fmt.Errorf("--re-enrol %s: the node is not among the nodes this run targets (--nodes)", n))
+			return inputErr(fmt.Errorf("%s %s: the node is not among the nodes this run targets (--nodes)", flag, n))
 		}
 	}
-	engine.SetInput(&t.inputs, nodeid.ReEnrol, slices.Clone(nodes))
+	engine.SetInput(&t.inputs, in, slices.Clone(nodes))
 	return nil
 }
 

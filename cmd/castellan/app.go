@@ -120,7 +120,7 @@ Then:        castellan validate -f cluster.yaml
 		return nil
 	}
 	root.AddCommand(a.applyCommand(), a.planCommand(), a.validateCommand(), a.historyCommand(), a.diffCommand(),
-		a.rollbackCommand(), a.profileCommand(), a.versionCommand(), a.agentCommand())
+		a.rollbackCommand(), a.profileCommand(), a.versionCommand(), a.agentCommand(), a.verifyCommand())
 	root.AddCommand(a.netpolCommand())
 	return root
 }

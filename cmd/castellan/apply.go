@@ -11,7 +11,7 @@ import (
 
 func (a *app) applyCommand() *cobra.Command {
 	var yes bool
-	var only, nodes, reEnrol []string
+	var only, nodes, reEnrol, acceptBoot []string
 	cmd := &cobra.Command{
 		Use:   "apply -f PROFILE",
 		Short: "Bring the nodes to the profile (and commit the run to the state repo)",
@@ -41,7 +41,7 @@ Ctrl-C stops between steps; a second Ctrl-C aborts the running ones.`,
 			v := installer.NewApply(cfg)
 			v.ProfilePath, v.Profile, v.AcceptNewHostKeys = a.profile.value, p, a.acceptNewKeys
 			v.Only, v.Nodes = selection(cmd, "only", only), selection(cmd, "nodes", nodes)
-			v.ReEnrol = reEnrol
+			v.ReEnrol, v.AcceptBootState = reEnrol, acceptBoot
 			pending, err := v.Prepare(a.ctx, !yes)
 			if err != nil {
 				return err
@@ -57,6 +57,7 @@ Ctrl-C stops between steps; a second Ctrl-C aborts the running ones.`,
 	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these phases (comma-separated or repeated)")
 	cmd.Flags().StringSliceVar(&nodes, "nodes", nil, "act only on these nodes")
 	cmd.Flags().StringArrayVar(&reEnrol, "re-enrol", nil, "re-enrol this node's identity explicitly (repeatable): accept its new TPM, give it a new key and certificate, revoke the old one; shown in the plan and recorded in the run")
+	cmd.Flags().StringArrayVar(&acceptBoot, "accept-boot-state", nil, "accept this node's changed boot state explicitly (repeatable): its attested PCRs become its new baseline (after a kernel, boot loader or firmware update you made); shown in the plan and recorded in the run")
 	_ = cmd.MarkFlagRequired("file")
 	_ = cmd.RegisterFlagCompletionFunc("only", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return phaseNames(), cobra.ShellCompDirectiveNoFileComp

@@ -22,6 +22,7 @@ const (
 	exitFailed = 1 // a run failed or was interrupted (it is committed)
 	exitInput  = 2 // bad input, found before any node was touched
 	exitPush   = 3 // the run succeeded and is committed, but the state repo was not pushed
+	exitDrift  = 4 // castellan verify: the live state departs from the profile or the state repo
 )
 
 func main() {
@@ -54,6 +55,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitPush
 	case errors.Is(err, errAlreadyReported):
 		return exitFailed
+	case errors.As(err, new(errDrift)):
+		return exitDrift
 	default:
 		fmt.Fprintf(stderr, "error: %s\n", report.Clean(err.Error()))
 		return exitFailed

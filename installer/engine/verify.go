@@ -48,7 +48,9 @@ func (s CheckStatus) rank() int {
 // Check is one finding of a verification, about one node (or the cluster
 // when Node is empty).
 type Check struct {
-	Phase string `json:"phase"`
+	// Phase is the phase that made the check ("" for the engine's own:
+	// a node that could not be observed).
+	Phase string `json:"phase,omitempty"`
 	Node  string `json:"node,omitempty"`
 	// Name says what was checked, in the phase's terms: "certificate",
 	// "boot-state", "peers", ...; for a planned change, its Action.
@@ -98,8 +100,8 @@ type VerifyResult struct {
 	Nodes []string `json:"nodes"`
 	// Phases are the phases verified, in order.
 	Phases []string `json:"phases"`
-	// Checks are in phase order, cluster-wide checks first, then by node in
-	// profile order, each phase's in the order it made them.
+	// Checks are cluster-wide first, then by node in profile order; for
+	// each, in phase order, each phase's in the order it made them.
 	Checks   []Check       `json:"checks"`
 	Duration time.Duration `json:"duration"`
 }
@@ -206,10 +208,11 @@ func (e *Engine) Verify(ctx context.Context, s *Session, phases []Phase) VerifyR
 				checks = append(checks, Check{Phase: p.Name(), Node: n, Name: "plan", Status: CheckOK, Message: "matches the profile: nothing to change"})
 			}
 		}
-		res.Checks = append(res.Checks, sortChecks(checks, res.Nodes)...)
+		res.Checks = append(res.Checks, checks...)
 		status := worstOf(checks)
 		v.Emit(Event{Kind: KindPhase, Status: StatusDone, Step: StepVerify, Message: string(status), Elapsed: time.Since(pstart)})
 	}
+	res.Checks = sortChecks(res.Checks, res.Nodes)
 	res.Status = worstOf(res.Checks)
 	res.Duration = time.Since(start)
 	msg := fmt.Sprintf("verified: %s (%d ok, %d warning(s), %d drift, %d failed)", res.Status,
