@@ -32,6 +32,9 @@ type Verify struct {
 	// Only and Nodes restrict the verification to some phases and nodes
 	// (nil: all; empty: an error).
 	Only, Nodes []string
+
+	// access is the last Run's node access (tests count its execs).
+	access *nodeAccess
 }
 
 // NewVerify returns the verify verb.
@@ -72,6 +75,7 @@ func (v *Verify) Run(ctx context.Context) (*report.Verification, error) {
 		return nil, err
 	}
 	defer pool.Close()
+	v.access = access
 	s := t.session("verify", access, &storeRef{repo: repo})
 	out.VerifyResult = t.eng.Verify(ctx, s, t.phases)
 	if repo == nil {

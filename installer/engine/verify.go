@@ -147,9 +147,9 @@ func (r VerifyResult) NodesWith(st CheckStatus) []string {
 // warning checks. The cost is a no-op plan's: one agent exec per node
 // carries every phase's observations, and the checks read them.
 //
-// Nodes with no check of a phase get an ok check ("plan": nothing to
-// change). A node that could not be observed gets one failed check, and no
-// other.
+// A node with no change, error or check of a phase gets an ok check
+// ("plan": nothing to change; warnings aside). A node that could not be
+// observed gets one failed check, and no other.
 func (e *Engine) Verify(ctx context.Context, s *Session, phases []Phase) VerifyResult {
 	start := time.Now()
 	res := VerifyResult{Nodes: s.NodeNames(), Phases: PhaseNames(phases)}
@@ -193,20 +193,22 @@ func (e *Engine) Verify(ctx context.Context, s *Session, phases []Phase) VerifyR
 			}
 			checks = append(checks, errorChecks(verr, "verify", unavailable)...)
 		}
+		checked := map[string]bool{}
+		for _, c := range checks {
+			checked[c.Node] = true
+		}
+		for _, n := range res.Nodes {
+			if !checked[n] && !unavailable[n] {
+				checks = append(checks, Check{Node: n, Name: "plan", Status: CheckOK, Message: "matches the profile: nothing to change"})
+			}
+		}
 		for _, w := range s.takeWarnings(p.Name()) {
 			if !unavailable[w.Node] {
 				checks = append(checks, Check{Node: w.Node, Name: "warning", Status: CheckWarning, Message: w.Message})
 			}
 		}
-		checked := map[string]bool{}
 		for i := range checks {
 			checks[i].Phase = p.Name()
-			checked[checks[i].Node] = true
-		}
-		for _, n := range res.Nodes {
-			if !checked[n] && !unavailable[n] {
-				checks = append(checks, Check{Phase: p.Name(), Node: n, Name: "plan", Status: CheckOK, Message: "matches the profile: nothing to change"})
-			}
 		}
 		res.Checks = append(res.Checks, checks...)
 		status := worstOf(checks)

@@ -68,7 +68,9 @@ func WriteVerify(w io.Writer, v *Verification, o VerifyOptions) {
 			}
 		}
 		what := c.Name
-		if c.Target != "" {
+		if t := []rune(c.Target); len(t) > 28 {
+			what += " " + string(t[:27]) + "…"
+		} else if c.Target != "" {
 			what += " " + c.Target
 		}
 		phase := c.Phase
