@@ -24,7 +24,8 @@ import (
 // BenchmarkScale measures what a no-op rerun costs at 50, 200 and 500 nodes
 // (CASTELLAN_BENCH_NODES=50,200 chooses): the real castellan binary runs
 // `plan` of every phase against real sshd nodes whose agent is in place, and
-// in the same run a floor process (x/crypto/ssh, one process: dial,
+// `verify` (every phase's plan and checks, one exec per node: it must cost
+// what the plan costs), and in the same run a floor process (x/crypto/ssh, one process: dial,
 // authenticate and run one command on every node at once) does the least
 // any SSH tool must do on the same nodes; at 50 nodes or fewer Ansible's
 // `setup` (gather_subset=min, pipelining, forks = nodes) runs too. For each
@@ -84,7 +85,7 @@ func benchScale(b *testing.B, n int) {
 		inv = ansibleInventory(b, lab)
 	}
 
-	var c, f, a measure
+	var c, v, f, a measure
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		m := run(b, lab, "ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--agent-binary", bin)
@@ -92,6 +93,11 @@ func benchScale(b *testing.B, n int) {
 			b.Fatalf("castellan's plan is not a no-op:\n%s", m.out)
 		}
 		c = c.add(m)
+		m = run(b, lab, "ip", "netns", "exec", lab.ClientNS, bin, "verify", "-f", prof, "--agent-binary", bin, "--problems")
+		if !strings.Contains(m.out, "Everything matches the profile and the state repo.") {
+			b.Fatalf("castellan verify found something:\n%s", m.out)
+		}
+		v = v.add(m)
 		m = run(b, lab, "ip", "netns", "exec", lab.ClientNS, os.Args[0], "-test.run=^$")
 		if !strings.Contains(m.out, fmt.Sprintf("floor: %d nodes", n)) {
 			b.Fatalf("the floor did not reach every node:\n%s", m.out)
@@ -114,12 +120,18 @@ func benchScale(b *testing.B, n int) {
 	b.ReportMetric(per(c.cpu), "castellan-cpu-s")
 	b.ReportMetric(float64(c.rss)/(1<<20), "castellan-peak-RSS-MB")
 	b.ReportMetric(perNode(c.nodeCPU), "castellan-node-cpu-ms/node")
+	b.ReportMetric(per(v.wall), "verify-s")
+	b.ReportMetric(per(v.wall)/per(c.wall), "verify/plan")
+	b.ReportMetric(per(v.cpu), "verify-cpu-s")
+	b.ReportMetric(perNode(v.nodeCPU), "verify-node-cpu-ms/node")
 	b.ReportMetric(per(f.cpu), "floor-cpu-s")
 	b.ReportMetric(perNode(f.nodeCPU), "floor-node-cpu-ms/node")
 	table := fmt.Sprintf("\n| nodes | | wall | own CPU | peak RSS | node CPU per node |\n|---|---|---|---|---|---|\n"+
 		"| %d | castellan plan (no-op, every phase) | %.2f s | %.2f s | %.0f MB | %.1f ms |\n"+
+		"| %d | castellan verify (every phase and check) | %.2f s | %.2f s | %.0f MB | %.1f ms |\n"+
 		"| %d | x/crypto/ssh floor | %.2f s | %.2f s | %.0f MB | %.1f ms |\n",
 		n, per(c.wall), per(c.cpu), float64(c.rss)/(1<<20), perNode(c.nodeCPU),
+		n, per(v.wall), per(v.cpu), float64(v.rss)/(1<<20), perNode(v.nodeCPU),
 		n, per(f.wall), per(f.cpu), float64(f.rss)/(1<<20), perNode(f.nodeCPU))
 	if withAnsible {
 		b.ReportMetric(per(a.wall), "ansible-s")
