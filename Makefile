@@ -58,6 +58,8 @@ fuzz: ## short runs of every fuzz target (FUZZTIME each)
 	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
 	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
+	for f in FuzzVerifyQuote FuzzReplayEventLog FuzzDescribeEvent; do \
+		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/identity; done
 	go test -run '^$$' -fuzz '^FuzzParseProcNetTCP$$' -fuzztime $(FUZZTIME) ./phases/mesh
 	go test -run '^$$' -fuzz '^FuzzObservation$$' -fuzztime $(FUZZTIME) ./phases/mesh
 	go test -run '^$$' -fuzz '^FuzzParseStored$$' -fuzztime $(FUZZTIME) ./phases/mesh
@@ -74,12 +76,13 @@ $(STATICCHECK):
 	GOBIN=$(dir $@) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 .PHONY: bench
-bench: test-deps ## benchmarks: engine, SSH, no-op rerun at 50/200/500 nodes vs the floor and Ansible (prints figures)
+bench: test-deps ## benchmarks: engine, SSH, no-op rerun and verify at 50/200/500 nodes vs the floor and Ansible, attestation per node (prints figures)
 	vagrant/scripts/ensure-packages.sh ansible
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh
 	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_BENCH_NODES=$(BENCH_NODES) go test -run '^$$' -bench Scale -benchtime 3x -timeout 60m ./installer
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench 'Enrolment|Phase' -benchtime 5x ./phases/identity
+	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench 'Attestation' -benchtime 50x ./phases/identity
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench NoOpRerunIdentityCost -benchtime 3x -timeout 30m ./installer
 
 .PHONY: schema

@@ -15,7 +15,30 @@
 // secrets/identity/pki/*.age), revokes the certificates of nodes no longer
 // in the profile, and publishes the revocation list (data/identity/crl.pem).
 // It publishes nodeid.CertificateKey, nodeid.TrustKey and the recorded
-// nodeid.EnrolmentKey.
+// nodeid.EnrolmentKey and nodeid.BootStateKey.
+//
+// # Boot state
+//
+// Every run, right after preflight, each node enrolled with its TPM proves
+// its boot state before any later phase changes it: its observation (the
+// one exec per node) carries OpQuote, TPM2_Quote by the node's AK over
+// spec.identity.attestPCRs (SHA-256 bank) with the session's nonce for the
+// node (engine.View.Nonce: an HMAC of a secret drawn when the session
+// starts, so the observation answers the plan's call and nothing made
+// before the run does), plus TPM2_Certify of the node key by the same AK
+// over the same nonce. VerifyQuote checks it against the AK enrolled (its
+// TPM Name in the Record); the values are compared with the Baseline
+// pinned in data/identity/boot/NODE.json. A node without a baseline gets
+// one (pin-boot-state: at enrolment, inside the enrolment session once the
+// new AK is proven and before any certificate is issued; for a node
+// enrolled before castellan attested boot state, at its first run, which
+// says so). Changed values refuse the node (*BootStateChangedError, an
+// engine.DriftError, with what the TPM event log says changed:
+// OpEventLog, ReplayEventLog) unless the run's nodeid.AcceptBootState input
+// names it (castellan apply --accept-boot-state NODE: accept-boot-state,
+// recorded). A quote that does not verify is an *AttestationError. Verify
+// (engine.Verifier) adds castellan verify's checks: certificate, key, boot
+// state, trust anchors.
 //
 // # Node side (through the agent, root, /dev/tpmrm0)
 //
@@ -30,6 +53,8 @@
 //	OpInstall  Node.Install(InstallRequest) → InstallResponse     writes node.crt
 //	OpSign     Node.Sign(SignRequest) → SignResponse        ECDSA over SHA-256(data)
 //	OpReset    Node.Reset → ResetResponse                   removes the identity (re-enrolment)
+//	OpQuote    Node.Quote(QuoteRequest) → Quote             read-only: TPM2_Quote and TPM2_Certify by the AK over the nonce
+//	OpEventLog ReadEventLog → EventLog                      read-only: /sys/kernel/security/tpm0/binary_bios_measurements
 //
 // Node.Signer gives the TPM key as a crypto.Signer (TLS). The directory holds
 // ak.json and key.json (TPM2B_PUBLIC/TPM2B_PRIVATE blobs wrapped by the
@@ -68,7 +93,8 @@
 // The CA keys are the only secrets (pki.LoadOrCreateAuthority).
 //
 // Sources: TPM 2.0 Library Part 1-3 (TPM2_Certify, TPM2_ActivateCredential,
-// TPMS_ATTEST), TCG EK Credential Profile 2.x (EK templates, NV indexes
+// TPM2_Quote, TPM2_PCR_Read, TPMS_ATTEST), TCG PC Client Platform Firmware
+// Profile (PCR usage, the event log), TCG EK Credential Profile 2.x (EK templates, NV indexes
 // 0x01c00002/0x01c0000a, EK certificate SAN), TCG TPM v2.0 Provisioning
 // Guidance (SRK template).
 package identity
