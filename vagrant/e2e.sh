@@ -49,6 +49,7 @@ t=$SECONDS
 # The test binary is built outside the namespace (it needs the Go proxy) and
 # run inside it (it talks to the VMs).
 go test -c -tags e2e -o "$cache/e2e.test" "$top/vagrant/e2e"
+# CASTELLAN_E2E_RUN=REGEXP runs only the matching tests (go test -run).
 "$here/lab.sh" exec env CASTELLAN_BIN="$top/bin/castellan" CASTELLAN_LAB_DIR="$CASTELLAN_LAB_DIR" \
-	"$cache/e2e.test" -test.v -test.count=1 -test.timeout 45m
+	"$cache/e2e.test" -test.v -test.count=1 -test.timeout 45m ${CASTELLAN_E2E_RUN:+-test.run "$CASTELLAN_E2E_RUN"}
 echo "e2e: lab up ${up} s, tests $((SECONDS - t)) s"
