@@ -16,17 +16,10 @@ import (
 // bootData is what Apply needs of a boot state change: the baseline to
 // store (Run and Pinned are set when it is stored) and what to record.
 type bootData struct {
-	Baseline Baseline          `json:"baseline"`
-	State    nodeid.BootState  `json:"state"`
-	Events   []string          `json:"events,omitempty"`
-	Changed  []PCRChangeRecord `json:"changed,omitempty"`
-}
-
-// PCRChangeRecord is a PCRChange in JSON.
-type PCRChangeRecord struct {
-	Index int    `json:"index"`
-	Was   string `json:"was"`
-	Now   string `json:"now"`
+	Baseline Baseline         `json:"baseline"`
+	State    nodeid.BootState `json:"state"`
+	Events   []string         `json:"events,omitempty"`
+	Changed  []PCRChange      `json:"changed,omitempty"`
 }
 
 func pcrList(pcrs []int) string {
@@ -154,14 +147,12 @@ func (ph Phase) planBootState(ctx context.Context, v *engine.View, node string, 
 			return nil, &BootStateChangedError{Node: node, Changed: changed, Events: events, Baseline: base}
 		}
 		state.Result, state.How, state.PreviousDigest = "accepted", "accepted", BootDigest(base.PCRs)
-		var recs []PCRChangeRecord
 		var words []string
 		for _, c := range changed {
 			state.Changed = append(state.Changed, c.Index)
-			recs = append(recs, PCRChangeRecord{Index: c.Index, Was: c.Was, Now: c.Now})
 			words = append(words, fmt.Sprintf("PCR %d (%s)", c.Index, PCRMeaning(c.Index)))
 		}
-		d := bootData{Baseline: a.baseline(node, rec.AKName, state.How, base), State: state, Events: events, Changed: recs}
+		d := bootData{Baseline: a.baseline(node, rec.AKName, state.How, base), State: state, Events: events, Changed: changed}
 		c := change(node, ActionAcceptBootState, target,
 			fmt.Sprintf("ACCEPT the node's changed boot state (asked with --accept-boot-state): %s differ from the baseline pinned by run %s; the new values become its baseline", strings.Join(words, ", "), base.Run), d)
 		c.Detail = strings.Join(events, "\n")

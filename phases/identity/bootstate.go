@@ -307,10 +307,12 @@ func BootDigest(vals []PCRDigest) string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
-// PCRChange is one attested PCR whose value differs from the baseline's.
+// PCRChange is one attested PCR whose value differs from the baseline's
+// (values in hex).
 type PCRChange struct {
-	Index    int
-	Was, Now string // hex
+	Index int    `json:"index"`
+	Was   string `json:"was"`
+	Now   string `json:"now"`
 }
 
 // compareBaseline compares attested values with a baseline: the PCRs
