@@ -24,9 +24,17 @@ TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux moun
 	swtpm swtpm-tools tpm2-tools nftables zsh mksh ksh fish tcsh tmux fonts-dejavu-core \
 	systemd libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0 libtss2-tcti-swtpm0
 
+AGENT_ARCHS ?= $(shell go env GOARCH)
+
 .PHONY: build
-build: ## the static castellan binary in bin/
-	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/castellan
+build: ## the static castellan binary in bin/, with the node agent (cmd/castellan-agent) for AGENT_ARCHS embedded
+	id=$$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n'); \
+	rm -f installer/agentbin/dist/castellan-agent-*; \
+	for arch in $(AGENT_ARCHS); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -ldflags "$(LDFLAGS) -X castellan/installer/buildinfo.buildID=$$id" \
+			-o installer/agentbin/dist/castellan-agent-linux-$$arch-$$id ./cmd/castellan-agent; \
+	done; \
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS) -X castellan/installer/buildinfo.buildID=$$id" -o $(BIN) ./cmd/castellan
 
 .PHONY: test-deps
 test-deps: ## install the Debian packages the tests need (root)
@@ -120,7 +128,7 @@ e2e: build ## lab up, apply, node assertions, no-op rerun, rollback, lab down
 
 .PHONY: clean
 clean:
-	rm -rf bin
+	rm -rf bin installer/agentbin/dist/castellan-agent-*
 
 .PHONY: help
 help:

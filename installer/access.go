@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"castellan/installer/agent"
+	"castellan/installer/agentbin"
 	"castellan/installer/engine"
 	"castellan/installer/ssh"
 )
@@ -233,39 +234,37 @@ func (a *nodeAccess) host(node string) (ssh.Host, bool) {
 	return h, ok
 }
 
-// binaries finds and hashes (once) a castellan binary per node architecture:
-// the --agent-binary files, then the running executable.
+// binaries finds and hashes (once) an agent binary per node architecture:
+// the --agent-binary files first, then the castellan-agent embedded in this
+// binary (make build), then the running executable (which answers
+// `castellan agent OP` too, but starts slower on every node).
 type binaries struct {
-	candidates []string
-	mu         sync.Mutex
-	byArch     map[string]agent.Binary
+	explicit []string
+	embedded func(arch string) ([]byte, bool)
+	self     string
+
+	mu     sync.Mutex
+	byArch map[string]agent.Binary
 }
 
-func newBinaries(extra []string) *binaries {
-	c := append([]string(nil), extra...)
-	if exe, err := os.Executable(); err == nil {
-		c = append(c, exe)
-	}
-	return &binaries{candidates: c, byArch: map[string]agent.Binary{}}
+func newBinaries(explicit []string) *binaries {
+	self, _ := os.Executable()
+	return &binaries{explicit: append([]string(nil), explicit...), embedded: agentbin.For, self: self, byArch: map[string]agent.Binary{}}
 }
 
 // defaultArch is the architecture to try first on a node never seen: the
-// installer's own when a binary for it exists, else the first candidate's.
+// installer's own when an agent for it is at hand, else the first
+// explicit binary's.
 func (b *binaries) defaultArch() string {
-	first := ""
-	for _, p := range b.candidates {
-		arch := elfArch(p)
-		if arch == runtime.GOARCH {
-			return arch
-		}
-		if first == "" {
-			first = arch
-		}
-	}
-	if first == "" {
+	if _, err := b.forArch(runtime.GOARCH); err == nil {
 		return runtime.GOARCH
 	}
-	return first
+	for _, p := range b.explicit {
+		if arch := elfArch(p); arch != "" {
+			return arch
+		}
+	}
+	return runtime.GOARCH
 }
 
 func (b *binaries) forArch(arch string) (agent.Binary, error) {
@@ -274,18 +273,33 @@ func (b *binaries) forArch(arch string) (agent.Binary, error) {
 	if bin, ok := b.byArch[arch]; ok {
 		return bin, nil
 	}
-	for _, path := range b.candidates {
-		if elfArch(path) != arch {
-			continue
+	var bin agent.Binary
+	var err error
+	found := false
+	for _, p := range b.explicit {
+		if elfArch(p) == arch {
+			bin, err = agent.LocalBinary(p, arch)
+			found = true
+			break
 		}
-		bin, err := agent.LocalBinary(path, arch)
-		if err != nil {
-			return agent.Binary{}, err
-		}
-		b.byArch[arch] = bin
-		return bin, nil
 	}
-	return agent.Binary{}, fmt.Errorf("no castellan binary for linux/%s nodes: build one (GOOS=linux GOARCH=%s CGO_ENABLED=0 go build ./cmd/castellan) and pass it with --agent-binary", arch, arch)
+	if !found && b.embedded != nil {
+		if data, ok := b.embedded(arch); ok {
+			bin, found = agent.EmbeddedBinary(data, arch), true
+		}
+	}
+	if !found && b.self != "" && elfArch(b.self) == arch {
+		bin, err = agent.LocalBinary(b.self, arch)
+		found = true
+	}
+	if err != nil {
+		return agent.Binary{}, err
+	}
+	if !found {
+		return agent.Binary{}, fmt.Errorf("no castellan agent for linux/%s nodes: build one (GOOS=linux GOARCH=%s CGO_ENABLED=0 go build ./cmd/castellan-agent) and pass it with --agent-binary", arch, arch)
+	}
+	b.byArch[arch] = bin
+	return bin, nil
 }
 
 // elfArch is the Go architecture of a static Linux ELF binary, or "".

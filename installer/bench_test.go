@@ -88,7 +88,7 @@ func benchScale(b *testing.B, n int) {
 	var c, v, f, a measure
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		m := run(b, lab, "ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--agent-binary", bin)
+		m := run(b, lab, "ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--agent-binary", buildAgent(b))
 		if !strings.Contains(m.out, "No changes: the nodes match the profile.") {
 			b.Fatalf("castellan's plan is not a no-op:\n%s", m.out)
 		}

@@ -34,20 +34,27 @@ import (
 // Everything else preflight checks is the test machine's own. That systemd
 // really runs is proven on the VM lab (make e2e).
 
-// castellanBin is the real castellan binary, built once for these tests: it is
-// what gets shipped to the nodes as the agent.
+// castellanBin is the real castellan binary and the node agent it ships
+// (cmd/castellan-agent), built once for these tests, as make build builds
+// them: the agent first, embedded into castellan. Tests that ship castellan
+// itself as the agent (the fallback of a castellan built without the
+// embedded agent) say so.
 var castellanBin = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "castellan-bin-")
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "castellan")
-	cmd := exec.Command("go", "build", "-o", bin, "castellan/cmd/castellan")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	for _, b := range []struct{ out, pkg string }{
+		{filepath.Join(dir, "castellan-agent"), "castellan/cmd/castellan-agent"},
+		{filepath.Join(dir, "castellan"), "castellan/cmd/castellan"},
+	} {
+		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
+		}
 	}
-	return bin, nil
+	return filepath.Join(dir, "castellan"), nil
 })
 
 func TestMain(m *testing.M) {
@@ -68,6 +75,11 @@ func buildCastellan(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return bin
+}
+
+// buildAgent is the node agent castellan ships (cmd/castellan-agent).
+func buildAgent(t testing.TB) string {
+	return filepath.Join(filepath.Dir(buildCastellan(t)), "castellan-agent")
 }
 
 // newLab starts n sshd nodes, each with its own agent directory, identity
@@ -125,7 +137,7 @@ func testConfig(t testing.TB, lab *sshtest.Lab, sink engine.Sink) *Config {
 		sink = &engine.Recorder{}
 	}
 	return &Config{
-		AgentBinaries: []string{buildCastellan(t)},
+		AgentBinaries: []string{buildAgent(t)},
 		Sink:          sink,
 		Logger:        lab.Logger(),
 		Dial:          lab.Dial,
@@ -163,7 +175,7 @@ func TestApplyOverRealSSH(t *testing.T) {
 		t.Fatalf("Apply: %v", err)
 	}
 	up := uploadsIn(rec.Events())
-	fi, _ := os.Stat(buildCastellan(t))
+	fi, _ := os.Stat(buildAgent(t))
 	for _, n := range lab.Nodes {
 		if up[n.Name] != fi.Size() {
 			t.Errorf("%s: uploaded %d bytes, the binary has %d", n.Name, up[n.Name], fi.Size())
@@ -222,7 +234,7 @@ func TestAgentIsCheckedBeforeItRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := agent.LocalBinary(buildCastellan(t), "amd64")
+	b, err := agent.LocalBinary(buildAgent(t), "amd64")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,7 +400,10 @@ func TestNewHostKeysAreTrustedOnlyOnceConfirmed(t *testing.T) {
 }
 
 // TestCLIHeadlessJSON runs the real binary inside the lab's client namespace:
-// exit code, JSON lines (kind and sequence number on each) and history.
+// exit code, JSON lines (kind and sequence number on each) and history. It
+// ships castellan itself as the agent (what a castellan built without the
+// embedded castellan-agent does): `castellan agent OP` serves the same
+// operations.
 func TestCLIHeadlessJSON(t *testing.T) {
 	lab := newLab(t, 1)
 	prof := testCluster(t, lab, "", "")

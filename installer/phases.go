@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"castellan/installer/agent"
+	"castellan/installer/agentops"
 	"castellan/installer/engine"
 	"castellan/installer/nodeid"
 	"castellan/phases/diskcrypt"
@@ -27,14 +28,10 @@ func Phases() []engine.Phase {
 }
 
 // AgentRegistry returns the node-side operations of every phase, which
-// `castellan agent OP` serves.
-func AgentRegistry() *agent.Registry {
-	var ops []agent.Handler
-	for _, p := range Phases() {
-		ops = append(ops, p.Ops()...)
-	}
-	return agent.NewRegistry(ops...)
-}
+// `castellan agent OP` and the castellan-agent binary serve (agentops lists
+// the phases with a node side; TestAgentOpsListsEveryNodeSide keeps the two
+// lists together).
+func AgentRegistry() *agent.Registry { return agentops.Registry() }
 
 // identityForMesh is what the mesh phase needs of the identity phase
 // (mesh.Identity), wired here because phases never import each other: the

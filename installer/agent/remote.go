@@ -21,13 +21,23 @@ import (
 // binary at every run (see the launcher for how its content is verified).
 const BinDir = "/var/lib/castellan/bin"
 
-// Binary is a castellan binary that can run as the agent on nodes of Arch.
+// Binary is a binary that can run as the agent on nodes of Arch (it answers
+// `BINARY agent OP`): castellan-agent, or castellan itself.
 type Binary struct {
+	// Path is the local file; Data, when set, is the content instead (an
+	// agent embedded in castellan).
 	Path   string
+	Data   []byte
 	SHA256 string // hex
 	Size   int64  // bytes
 	// Arch is the Go architecture (amd64, arm64).
 	Arch string
+}
+
+// EmbeddedBinary is an agent binary held in memory.
+func EmbeddedBinary(data []byte, arch string) Binary {
+	sum := sha256.Sum256(data)
+	return Binary{Path: "(embedded castellan-agent-linux-" + arch + ")", Data: data, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data)), Arch: arch}
 }
 
 // LocalBinary hashes the binary at path.
@@ -262,12 +272,13 @@ func Install(ctx context.Context, c Runner, b Binary, progress func(done, total 
 	if _, err := c.Run(ctx, ssh.Cmd{Argv: []string{"install", "-d", "-m", "0755", "-o", "root", "-g", "root", path.Dir(BinDir), BinDir}, Sudo: true}); err != nil {
 		return fmt.Errorf("creating %s: %w", BinDir, err)
 	}
-	err := c.Upload(ctx, ssh.Upload{
-		SrcPath: b.Path, Size: b.Size, SHA256: b.SHA256,
-		Dst: b.RemotePath(), Mode: 0o755, Owner: "root", Group: "root", Sudo: true,
-		Progress: progress,
-	})
-	if err != nil {
+	up := ssh.Upload{SrcPath: b.Path}
+	if b.Data != nil {
+		up = ssh.Upload{Src: bytes.NewReader(b.Data)}
+	}
+	up.Size, up.SHA256 = b.Size, b.SHA256
+	up.Dst, up.Mode, up.Owner, up.Group, up.Sudo, up.Progress = b.RemotePath(), 0o755, "root", "root", true, progress
+	if err := c.Upload(ctx, up); err != nil {
 		return fmt.Errorf("uploading the agent: %w", err)
 	}
 	cleanup := `cd "$1" && ln -sfn "$2" castellan && for f in castellan-* .castellan-*.tmp; do [ "$f" = "$2" ] || rm -f -- "$f"; done`
