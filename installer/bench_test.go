@@ -93,7 +93,7 @@ func benchScale(b *testing.B, n int) {
 			b.Fatalf("castellan's plan is not a no-op:\n%s", m.out)
 		}
 		c = c.add(m)
-		m = run(b, lab, "ip", "netns", "exec", lab.ClientNS, bin, "verify", "-f", prof, "--agent-binary", bin, "--problems")
+		m = run(b, lab, "ip", "netns", "exec", lab.ClientNS, bin, "verify", "-f", prof, "--agent-binary", buildAgent(b), "--problems")
 		if !strings.Contains(m.out, "Everything matches the profile and the state repo.") {
 			b.Fatalf("castellan verify found something:\n%s", m.out)
 		}

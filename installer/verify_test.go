@@ -22,7 +22,7 @@ import (
 func verifyCLI(t *testing.T, lab *sshtest.Lab, prof string, args ...string) (int, string) {
 	t.Helper()
 	bin := buildCastellan(t)
-	argv := append([]string{"netns", "exec", lab.ClientNS, bin, "verify", "-f", prof, "--agent-binary", bin}, args...)
+	argv := append([]string{"netns", "exec", lab.ClientNS, bin, "verify", "-f", prof, "--agent-binary", buildAgent(t)}, args...)
 	cmd := exec.Command("ip", argv...)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
