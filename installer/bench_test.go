@@ -22,7 +22,8 @@ import (
 )
 
 // BenchmarkScale measures what a no-op rerun costs at 50, 200 and 500 nodes
-// (CASTELLAN_BENCH_NODES=50,200 chooses): the real castellan binary runs
+// (CASTELLAN_BENCH_NODES=50,200 chooses; CASTELLAN_BENCH_PARALLEL=N passes
+// --parallel N): the real castellan binary runs
 // `plan` of every phase against real sshd nodes whose agent is in place, and
 // `verify` (every phase's plan and checks, one exec per node: it must cost
 // what the plan costs), and in the same run a floor process (x/crypto/ssh, one process: dial,
@@ -88,7 +89,11 @@ func benchScale(b *testing.B, n int) {
 	var c, v, f, a measure
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		m := run(b, lab, "ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--agent-binary", buildAgent(b))
+		argv := []string{"ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--agent-binary", buildAgent(b)}
+		if p := os.Getenv("CASTELLAN_BENCH_PARALLEL"); p != "" {
+			argv = append(argv, "--parallel", p)
+		}
+		m := run(b, lab, argv...)
 		if !strings.Contains(m.out, "No changes: the nodes match the profile.") {
 			b.Fatalf("castellan's plan is not a no-op:\n%s", m.out)
 		}

@@ -33,6 +33,7 @@ type app struct {
 	identityFile  onceString
 	acceptNewKeys bool
 	agentBinaries []string
+	parallel      int
 }
 
 // usageError is a bad flag or argument: exit code 2.
@@ -149,7 +150,8 @@ func (a *app) outputFlag(cmd *cobra.Command, what string) {
 
 // agentFlags are the flags of every command that talks to nodes.
 func (a *app) agentFlags(cmd *cobra.Command) {
-	cmd.Flags().StringArrayVar(&a.agentBinaries, "agent-binary", nil, "castellan binary to ship to nodes of another architecture (repeatable)")
+	cmd.Flags().StringArrayVar(&a.agentBinaries, "agent-binary", nil, "agent binary (castellan-agent) to ship to nodes of another architecture (repeatable)")
+	cmd.Flags().IntVar(&a.parallel, "parallel", 0, fmt.Sprintf("how many nodes each step works on at once (default %d)", engine.DefaultParallelism))
 	cmd.Flags().Var(&a.identityFile, "identity", "age identity file for the state repo's secrets (default $CASTELLAN_AGE_IDENTITY or ~/.config/castellan/age-identity.txt)")
 }
 
@@ -168,6 +170,9 @@ func selection(cmd *cobra.Command, name string, v []string) []string {
 
 // config is the shared configuration injected into every verb.
 func (a *app) config(sink engine.Sink) (*installer.Config, error) {
+	if a.parallel < 0 {
+		return nil, usageError{fmt.Errorf("--parallel %d: give a positive number of nodes", a.parallel)}
+	}
 	if p := a.identityFile.value; p != "" {
 		if fi, err := os.Stat(p); err == nil && !fi.Mode().IsRegular() {
 			return nil, usageError{fmt.Errorf("--identity %s is not a regular file: give the age identity file", p)}
@@ -180,6 +185,7 @@ func (a *app) config(sink engine.Sink) (*installer.Config, error) {
 		Logger:        a.logger(),
 		Notice:        noticeWriter{a.stderr},
 		AgentBinaries: a.agentBinaries,
+		Parallelism:   a.parallel,
 		IdentityFile:  a.identityFile.value,
 		Interrupt:     a.interrupt,
 	}, nil
