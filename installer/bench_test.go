@@ -98,7 +98,11 @@ func benchScale(b *testing.B, n int) {
 			b.Fatalf("castellan's plan is not a no-op:\n%s", m.out)
 		}
 		c = c.add(m)
-		m = run(b, lab, "ip", "netns", "exec", lab.ClientNS, bin, "verify", "-f", prof, "--agent-binary", buildAgent(b), "--problems")
+		vargv := []string{"ip", "netns", "exec", lab.ClientNS, bin, "verify", "-f", prof, "--agent-binary", buildAgent(b), "--problems"}
+		if p := os.Getenv("CASTELLAN_BENCH_PARALLEL"); p != "" {
+			vargv = append(vargv, "--parallel", p)
+		}
+		m = run(b, lab, vargv...)
 		if !strings.Contains(m.out, "Everything matches the profile and the state repo.") {
 			b.Fatalf("castellan verify found something:\n%s", m.out)
 		}
