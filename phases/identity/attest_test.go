@@ -310,6 +310,17 @@ func TestEventLogReplay(t *testing.T) {
 	if _, _, err := ReplayEventLog([]byte("not a log"), vals); err == nil {
 		t.Error("garbage parsed as an event log")
 	}
+	// A TPM 1.2-format log (SHA-1 digests only, no Spec ID event).
+	var sha1Log bytes.Buffer
+	_ = binary.Write(&sha1Log, binary.LittleEndian, struct {
+		PCR, Type uint32
+		Digest    [20]byte
+		Size      uint32
+	}{0, evSeparator, [20]byte{}, 4})
+	sha1Log.Write([]byte{0, 0, 0, 0})
+	if _, _, err := ReplayEventLog(sha1Log.Bytes(), vals); err == nil || !strings.Contains(err.Error(), "no SHA-256 digests") {
+		t.Errorf("a SHA-1-only log: %v", err)
+	}
 	if l, err := ReadEventLog(filepath.Join(t.TempDir(), "none")); err != nil || l.Missing == "" {
 		t.Errorf("missing log: %+v %v", l, err)
 	}

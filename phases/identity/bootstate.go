@@ -443,6 +443,12 @@ func ReplayEventLog(raw []byte, vals []PCRValue) (events []BootEvent, unexplaine
 	if err != nil {
 		return nil, nil, fmt.Errorf("parsing the event log: %w", err)
 	}
+	if !slices.Contains(el.Algs, attest.HashSHA256) {
+		// A log in the TPM 1.2 (SHA-1 only) format, as some BIOS firmware
+		// writes even for a TPM 2.0: it cannot be replayed against the
+		// SHA-256 bank, which says nothing about the values.
+		return nil, nil, errors.New("the event log holds no SHA-256 digests (a SHA-1-only log): it cannot be replayed against the SHA-256 PCR bank")
+	}
 	zero := make([]byte, sha256.Size)
 	for _, v := range vals {
 		evs, err := el.Verify([]attest.PCR{{Index: v.Index, Digest: v.Digest, DigestAlg: crypto.SHA256}})
