@@ -12,7 +12,7 @@ BIN         := bin/castellan
 LDFLAGS     := -s -w -X castellan/installer/buildinfo.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
-FUZZTIME    ?= 15s
+FUZZTIME    ?= 20000x
 BENCH_NODES ?= 50,200,500
 export CASTELLAN_CACHE := $(CACHE)
 
@@ -50,29 +50,8 @@ test: test-deps lint kube-apiserver ## every test that runs on this machine, plu
 	$(MAKE) --no-print-directory fuzz
 
 .PHONY: fuzz
-fuzz: ## short runs of every fuzz target (FUZZTIME each)
-	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./installer/profile
-	go test -run '^$$' -fuzz '^FuzzParseWorkload$$' -fuzztime $(FUZZTIME) ./installer/profile
-	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./phases/netpol
-	go test -run '^$$' -fuzz '^FuzzUpdate$$' -fuzztime $(FUZZTIME) ./installer/profile
-	for f in FuzzDetect FuzzParseMountinfo FuzzParseProcNet FuzzParseSwaps FuzzParseEFIBool FuzzLUKS2Header; do \
-		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/preflight; done
-	go test -run '^$$' -fuzz '^FuzzCommandLine$$' -fuzztime $(FUZZTIME) ./installer/ssh
-	go test -run '^$$' -fuzz '^FuzzKnownHosts$$' -fuzztime $(FUZZTIME) ./installer/ssh
-	go test -run '^$$' -fuzz '^FuzzMarkerFilter$$' -fuzztime $(FUZZTIME) ./installer/ssh
-	go test -run '^$$' -fuzz '^FuzzDecodeResponse$$' -fuzztime $(FUZZTIME) ./installer/agent
-	go test -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME) ./installer/agent
-	go test -run '^$$' -fuzz '^FuzzClean$$' -fuzztime $(FUZZTIME) ./installer/report
-	go test -run '^$$' -fuzz '^FuzzChallengeMutation$$' -fuzztime $(FUZZTIME) ./phases/identity
-	go test -run '^$$' -fuzz '^FuzzDecodeAttestation$$' -fuzztime $(FUZZTIME) ./phases/identity
-	go test -run '^$$' -fuzz '^FuzzDecodeNodeMessages$$' -fuzztime $(FUZZTIME) ./phases/identity
-	for f in FuzzVerifyQuote FuzzReplayEventLog FuzzDescribeEvent; do \
-		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/identity; done
-	go test -run '^$$' -fuzz '^FuzzParseProcNetTCP$$' -fuzztime $(FUZZTIME) ./phases/mesh
-	go test -run '^$$' -fuzz '^FuzzObservation$$' -fuzztime $(FUZZTIME) ./phases/mesh
-	go test -run '^$$' -fuzz '^FuzzParseStored$$' -fuzztime $(FUZZTIME) ./phases/mesh
-	for f in FuzzReadHeader FuzzDecodeToken FuzzEnsureLine FuzzParseMountinfo; do \
-		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./phases/diskcrypt; done
+fuzz: ## short runs of every fuzz target in the module (FUZZTIME executions each; scripts/fuzz.sh)
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet, staticcheck
