@@ -450,7 +450,7 @@ check_node() {
 	[[ $disk == yes ]] || die "$name: the data disk /dev/vdb is missing"
 	[[ $tpm == yes ]] || die "$name: no TPM (/dev/tpmrm0 is missing): is swtpm installed, and the domain's <tpm> there (virsh dumpxml castellan-$name)?"
 	if [[ $firmware == bios ]]; then
-		log "$name: BIOS firmware (CASTELLAN_BOX_FIRMWARE=bios): no Secure Boot, no measured boot after the MBR; TPM present"
+		log "$name: $fw firmware (CASTELLAN_BOX_FIRMWARE=bios): no Secure Boot, no measured boot after the MBR; TPM present, event log: $evlog"
 		return 0
 	fi
 	nvram=${CASTELLAN_NVRAM_DIR:-/var/lib/libvirt/qemu/nvram}/castellan-${name}_VARS.fd
