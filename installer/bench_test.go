@@ -2,10 +2,12 @@ package installer
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,77 +15,203 @@ import (
 
 	"castellan/installer/agent"
 	"castellan/installer/engine"
+	castssh "castellan/installer/ssh"
 	"castellan/installer/ssh/sshtest"
+	"castellan/installer/testenv"
+	"castellan/phases/identity"
 )
 
-// BenchmarkPreflightVsAnsible measures a no-op preflight (the agent is in
-// place; facts are gathered and checked on every node) by the real castellan
-// binary over 1, 10 and 50 sshd nodes, and the same fact gathering by
-// Debian's Ansible (`ansible -m setup`, forks = nodes, pipelining) over the
-// same nodes, in the same run. It prints figures; it asserts no timing.
+// BenchmarkScale measures what a no-op rerun costs at 50, 200 and 500 nodes
+// (CASTELLAN_BENCH_NODES=50,200 chooses; CASTELLAN_BENCH_PARALLEL=N passes
+// --parallel N): the real castellan binary runs
+// `plan` of every phase against real sshd nodes whose agent is in place, and
+// in the same run a floor process (x/crypto/ssh, one process: dial,
+// authenticate and run one command on every node at once) does the least
+// any SSH tool must do on the same nodes; at 50 nodes or fewer Ansible's
+// `setup` (gather_subset=min, pipelining, forks = nodes) runs too. For each
+// it prints the wall time, its own CPU (user+sys) and peak RSS, and the
+// node-side CPU per node (sshd, login shell, sudo, agent: the nodes' cgroup).
+// Figures only: nothing here asserts a time.
 //
-// On this test host preflight's checks may fail (no systemd as PID 1): the
-// facts are gathered all the same, which is what is measured.
-func BenchmarkPreflightVsAnsible(b *testing.B) {
-	if _, err := exec.LookPath("ansible"); err != nil {
-		b.Skip("ansible is not installed (make bench installs it)")
+// The nodes share this machine's two cores with castellan: node-side CPU is
+// what a real cluster would spend on its own machines, reported apart.
+func BenchmarkScale(b *testing.B) {
+	sizes := []int{50, 200, 500}
+	if s := os.Getenv("CASTELLAN_BENCH_NODES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				b.Fatalf("CASTELLAN_BENCH_NODES=%q: give node counts like 50,200", s)
+			}
+			sizes = append(sizes, n)
+		}
 	}
-	for _, n := range []int{1, 10, 50} {
-		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
-			lab := sshtest.New(b, sshtest.Options{Nodes: n, HostKeyTypes: []string{sshtest.Ed25519}, PrivateDirs: []string{agent.BinDir}})
-			prof := testCluster(b, lab, "", "")
-			bin := buildCastellan(b)
-			// Ship the agent once: what follows is the no-op rerun.
-			res, _ := Apply(context.Background(), context.Background(), testOptions(b, lab, prof, &engine.Recorder{}))
-			if res == nil || len(res.Record.Facts) != n {
-				b.Fatalf("the first apply did not reach every node: %+v", res)
-			}
-			inv := ansibleInventory(b, lab)
-			var cTime, aTime time.Duration
-			var cRSS, aRSS int64
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				d, rss, out := timeChild(b, "ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--only", "preflight", "--agent-binary", bin)
-				// Every node's facts line ("Debian ..., kernel ...") says they were gathered.
-				if got := strings.Count(out, ", kernel "); got != n {
-					b.Fatalf("castellan gathered facts on %d of %d nodes:\n%s", got, n, out)
-				}
-				cTime += d
-				cRSS = max(cRSS, rss)
-				d, rss, out = timeChild(b, "ip", "netns", "exec", lab.ClientNS, "ansible", "all", "-i", inv, "-m", "setup", "-o")
-				if got := strings.Count(out, "| SUCCESS"); got != n {
-					b.Fatalf("ansible gathered facts on %d of %d nodes:\n%s", got, n, out)
-				}
-				aTime += d
-				aRSS = max(aRSS, rss)
-			}
-			b.StopTimer()
-			per := func(d time.Duration) float64 { return d.Seconds() / float64(b.N) }
-			b.ReportMetric(per(cTime), "castellan-s")
-			b.ReportMetric(per(aTime), "ansible-s")
-			b.ReportMetric(per(aTime)/per(cTime), "ansible/castellan")
-			b.ReportMetric(float64(cRSS)/(1<<20), "castellan-peak-RSS-MB")
-			b.ReportMetric(float64(aRSS)/(1<<20), "ansible-peak-RSS-MB")
-		})
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) { benchScale(b, n) })
 	}
 }
 
-// timeChild runs a command, returning its wall time, its peak RSS and its
-// combined output. A non-zero exit is not an error here (see above).
-func timeChild(b *testing.B, argv ...string) (time.Duration, int64, string) {
+// measure is one process's cost.
+type measure struct {
+	wall, cpu, nodeCPU time.Duration
+	rss                int64
+	out                string
+}
+
+func benchScale(b *testing.B, n int) {
+	lab := sshtest.New(b, sshtest.Options{Nodes: n, HostKeyTypes: []string{sshtest.Ed25519},
+		PrivateDirs: []string{agent.BinDir, "/run/castellan", identity.DefaultDir, "/run/systemd"}, CgroupV2: true, CPUAccounting: true})
+	for _, node := range lab.Nodes {
+		if err := os.MkdirAll(filepath.Join(node.PrivatePath("/run/systemd"), "system"), 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Logf("%d sshd nodes ready in %s", n, lab.SetupTime.Round(time.Millisecond))
+	prof := testCluster(b, lab, "", "")
+	bin := buildCastellan(b)
+	start := time.Now()
+	if _, err := applyYes(b, testConfig(b, lab, &engine.Recorder{}), prof); err != nil {
+		b.Fatalf("the first apply (shipping the agent) failed: %v", err)
+	}
+	b.Logf("first apply (agent shipped to %d nodes): %s", n, time.Since(start).Round(time.Millisecond))
+	writeFloorSpec(b, lab)
+	withAnsible := n <= 50
+	if _, err := exec.LookPath("ansible"); err != nil && withAnsible {
+		testenv.Missing(b, "ansible is not installed (make bench installs it)")
+	}
+	var inv string
+	if withAnsible {
+		inv = ansibleInventory(b, lab)
+	}
+
+	var c, f, a measure
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		argv := []string{"ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--agent-binary", buildAgent(b)}
+		if p := os.Getenv("CASTELLAN_BENCH_PARALLEL"); p != "" {
+			argv = append(argv, "--parallel", p)
+		}
+		m := run(b, lab, argv...)
+		if !strings.Contains(m.out, "No changes: the nodes match the profile.") {
+			b.Fatalf("castellan's plan is not a no-op:\n%s", m.out)
+		}
+		c = c.add(m)
+		m = run(b, lab, "ip", "netns", "exec", lab.ClientNS, os.Args[0], "-test.run=^$")
+		if !strings.Contains(m.out, fmt.Sprintf("floor: %d nodes", n)) {
+			b.Fatalf("the floor did not reach every node:\n%s", m.out)
+		}
+		f = f.add(m)
+		if withAnsible {
+			m = run(b, lab, "ip", "netns", "exec", lab.ClientNS, "ansible", "all", "-i", inv, "-m", "setup", "-a", "gather_subset=min", "-o")
+			if got := strings.Count(m.out, "| SUCCESS"); got != n {
+				b.Fatalf("ansible gathered facts on %d of %d nodes:\n%s", got, n, m.out)
+			}
+			a = a.add(m)
+		}
+	}
+	b.StopTimer()
+	per := func(d time.Duration) float64 { return d.Seconds() / float64(b.N) }
+	perNode := func(d time.Duration) float64 { return float64(d.Milliseconds()) / float64(b.N) / float64(n) }
+	b.ReportMetric(per(c.wall), "castellan-s")
+	b.ReportMetric(per(f.wall), "floor-s")
+	b.ReportMetric(per(c.wall)/per(f.wall), "castellan/floor")
+	b.ReportMetric(per(c.cpu), "castellan-cpu-s")
+	b.ReportMetric(float64(c.rss)/(1<<20), "castellan-peak-RSS-MB")
+	b.ReportMetric(perNode(c.nodeCPU), "castellan-node-cpu-ms/node")
+	b.ReportMetric(per(f.cpu), "floor-cpu-s")
+	b.ReportMetric(perNode(f.nodeCPU), "floor-node-cpu-ms/node")
+	table := fmt.Sprintf("\n| nodes | | wall | own CPU | peak RSS | node CPU per node |\n|---|---|---|---|---|---|\n"+
+		"| %d | castellan plan (no-op, every phase) | %.2f s | %.2f s | %.0f MB | %.1f ms |\n"+
+		"| %d | x/crypto/ssh floor | %.2f s | %.2f s | %.0f MB | %.1f ms |\n",
+		n, per(c.wall), per(c.cpu), float64(c.rss)/(1<<20), perNode(c.nodeCPU),
+		n, per(f.wall), per(f.cpu), float64(f.rss)/(1<<20), perNode(f.nodeCPU))
+	if withAnsible {
+		b.ReportMetric(per(a.wall), "ansible-s")
+		b.ReportMetric(per(a.wall)/per(c.wall), "ansible/castellan")
+		table += fmt.Sprintf("| %d | Ansible setup (min, pipelining, forks=%d) | %.2f s | %.2f s | %.0f MB | %.1f ms |\n",
+			n, n, per(a.wall), per(a.cpu), float64(a.rss)/(1<<20), perNode(a.nodeCPU))
+		table += fmt.Sprintf("castellan/floor %.2fx; Ansible/castellan %.1fx\n", per(c.wall)/per(f.wall), per(a.wall)/per(c.wall))
+	} else {
+		table += fmt.Sprintf("castellan/floor %.2fx\n", per(c.wall)/per(f.wall))
+	}
+	b.Log(table)
+}
+
+func (m measure) add(o measure) measure {
+	return measure{wall: m.wall + o.wall, cpu: m.cpu + o.cpu, nodeCPU: m.nodeCPU + o.nodeCPU, rss: max(m.rss, o.rss), out: o.out}
+}
+
+// run runs a command and measures its wall time, its CPU and peak RSS
+// (getrusage of the child) and the CPU the lab's nodes used meanwhile.
+func run(b *testing.B, lab *sshtest.Lab, argv ...string) measure {
 	b.Helper()
+	before, err := lab.NodeCPU()
+	if err != nil {
+		b.Fatal(err)
+	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = os.Environ()
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
-	d := time.Since(start)
+	wall := time.Since(start)
 	if cmd.ProcessState == nil {
 		b.Fatalf("%v: %v", argv, err)
 	}
-	var rss int64
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss * 1024
+	after, err := lab.NodeCPU()
+	if err != nil {
+		b.Fatal(err)
 	}
-	return d, rss, string(out)
+	m := measure{wall: wall, nodeCPU: after - before, out: string(out)}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		m.rss = ru.Maxrss * 1024
+		m.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return m
+}
+
+// floorSpecEnv makes the test binary the floor process: it reads the JSON
+// spec the variable names, dials every node and runs one command on each.
+const floorSpecEnv = "CASTELLAN_BENCH_FLOOR"
+
+type floorSpec struct {
+	User, KeyFile, KnownHosts string
+	Hosts                     []castssh.Host
+}
+
+func writeFloorSpec(b *testing.B, lab *sshtest.Lab) {
+	spec := floorSpec{User: lab.User, KeyFile: lab.KeyFile, KnownHosts: lab.WriteKnownHosts(sshtest.KnownHostsOptions{}), Hosts: sshtest.Hosts(lab.Nodes)}
+	data, err := json.Marshal(spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := filepath.Join(b.TempDir(), "floor.json")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.Setenv(floorSpecEnv, p)
+}
+
+// runFloor is the floor process: one x/crypto/ssh pool, every node at once,
+// one command each.
+func runFloor(specPath string) int {
+	data, err := os.ReadFile(specPath)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	var spec floorSpec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	cfg := castssh.Config{User: spec.User, KeyFiles: []string{spec.KeyFile}, KnownHostsFile: spec.KnownHosts}
+	if err := sshtest.ConnectAndRun(context.Background(), cfg, spec.Hosts, castssh.Cmd{Argv: []string{"uname", "-a"}}); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	fmt.Printf("floor: %d nodes\n", len(spec.Hosts))
+	return 0
 }
 
 // ansibleInventory writes an inventory and config for the lab: the same

@@ -1,5 +1,6 @@
 // Command castellan turns plain Linux VMs into a zero-trust RKE2 cluster
-// from one profile file. This package only parses flags and calls installer/.
+// from one profile file. This package only parses flags and calls the verbs
+// of installer/; each verb has a file of its own here and there.
 package main
 
 import (
@@ -12,13 +13,15 @@ import (
 	"syscall"
 
 	"castellan/installer"
+	"castellan/installer/report"
 )
 
-// Exit codes.
+// Exit codes (README: "Exit codes").
 const (
 	exitOK     = 0
-	exitFailed = 1
-	exitInput  = 2
+	exitFailed = 1 // a run failed or was interrupted (it is committed)
+	exitInput  = 2 // bad input, found before any node was touched
+	exitPush   = 3 // the run succeeded and is committed, but the state repo was not pushed
 )
 
 func main() {
@@ -41,14 +44,18 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	var ie *installer.InputError
 	var ue usageError
+	var pe *installer.PushError
 	switch {
 	case errors.As(err, &ie), errors.As(err, &ue), isCobraUsage(err):
-		fmt.Fprintf(stderr, "error: %v\n", err)
+		fmt.Fprintf(stderr, "error: %s\n", report.Clean(err.Error()))
 		return exitInput
+	case errors.As(err, &pe):
+		fmt.Fprintf(stderr, "error: %s\n", report.Clean(err.Error()))
+		return exitPush
 	case errors.Is(err, errAlreadyReported):
 		return exitFailed
 	default:
-		fmt.Fprintf(stderr, "error: %v\n", err)
+		fmt.Fprintf(stderr, "error: %s\n", report.Clean(err.Error()))
 		return exitFailed
 	}
 }
@@ -64,7 +71,7 @@ func signalContexts(stderr io.Writer) (ctx, interrupt context.Context, stop func
 	go func() {
 		select {
 		case <-sigs:
-			fmt.Fprintln(stderr, "\ninterrupted: stopping after the current steps (press Ctrl-C again to abort them)")
+			fmt.Fprintln(stderr, "\ninterrupted: no new step starts; the running ones finish (press Ctrl-C again to abort them)")
 			stopRun()
 		case <-done:
 			return

@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
 
 	"castellan/installer/profile"
 )
@@ -21,8 +26,24 @@ func runCLI(t *testing.T, stdin string, args ...string) (code int, stdout, stder
 func writeValid(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, f := range []string{"id", "known_hosts"} {
-		if err := os.WriteFile(filepath.Join(dir, f), []byte("x\n"), 0o600); err != nil {
+	// validate parses both files: a real key, and a known_hosts line.
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for f, data := range map[string][]byte{
+		"id":          pem.EncodeToMemory(block),
+		"known_hosts": append([]byte("192.0.2.1 "), ssh.MarshalAuthorizedKey(sshPub)...),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, f), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -55,14 +76,23 @@ func TestExitCodesAndMessages(t *testing.T) {
 		{name: "apply unknown node", args: []string{"apply", "-f", valid, "--yes", "--nodes", "s9"}, code: 2, stderr: `unknown node "s9"; the profile's nodes are: s1`},
 		{name: "apply bad output", args: []string{"apply", "-f", valid, "--yes", "-o", "yaml"}, code: 2, stderr: `unknown output format "yaml"`},
 		{name: "bad log level", args: []string{"version", "--log-level", "loud"}, code: 2, stderr: `--log-level "loud": use debug, info, warn or error`},
-		{name: "plan does not accept new host keys", args: []string{"plan", "-f", valid, "--accept-new-host-keys"}, code: 2, stderr: "unknown flag: --accept-new-host-keys"},
+		{name: "empty --nodes", args: []string{"apply", "-f", valid, "--yes", "--nodes", ""}, code: 2, stderr: "no node selected; the profile's nodes are: s1"},
+		{name: "empty node in --nodes", args: []string{"plan", "-f", valid, "--nodes", "s1,"}, code: 2, stderr: "empty node name"},
+		{name: "empty --only", args: []string{"apply", "-f", valid, "--yes", "--only", ""}, code: 2, stderr: "no phase selected; phases are: preflight"},
+		{name: "empty --only on plan", args: []string{"plan", "-f", valid, "--only="}, code: 2, stderr: "no phase selected"},
+		{name: "-f twice", args: []string{"validate", "-f", valid, "-f", valid + ".other"}, code: 2, stderr: "given twice"},
+		{name: "-o twice", args: []string{"plan", "-f", valid, "-o", "json", "-o", "text"}, code: 2, stderr: "given twice"},
+		{name: "-f and --state", args: []string{"history", "-f", valid, "--state", filepath.Dir(valid)}, code: 2, stderr: "give either -f PROFILE or --state DIR, not both"},
+		{name: "--state is a file", args: []string{"history", "--state", valid}, code: 2, stderr: "is not a directory"},
+		{name: "--state missing", args: []string{"diff", "1", "--state", "/nonexistent/state"}, code: 2, stderr: "--state /nonexistent/state"},
+		{name: "--identity is a directory", args: []string{"apply", "-f", valid, "--yes", "--identity", filepath.Dir(valid)}, code: 2, stderr: "is not a regular file"},
 		{name: "unknown command", args: []string{"deploy"}, code: 2, stderr: `unknown command "deploy"`},
-		{name: "history without runs", args: []string{"history", "-f", valid}, code: 2, stderr: "is not a castellan state repo (no runs yet?)"},
+		{name: "history without runs", args: []string{"history", "-f", valid}, code: 2, stderr: "not a castellan state repo (no runs yet?)"},
 		{name: "diff needs a revision", args: []string{"diff", "-f", valid}, code: 2, stderr: "accepts between 1 and 2 arg(s)"},
 		{name: "rollback needs --to", args: []string{"rollback", "-f", valid, "--yes"}, code: 2, stderr: `required flag(s) "to" not set`},
 		{name: "bare castellan prints help", args: nil, code: 0, stdout: "Start with:  castellan profile init -o cluster.yaml"},
 		{name: "completion", args: []string{"completion", "bash"}, code: 0, stdout: "bash completion"},
-		{name: "agent is hidden but answers", args: []string{"agent", "ping"}, code: 0, stdout: `{"ok":true,"result":{"version":`},
+		{name: "agent is hidden but answers", args: []string{"agent", "agent.ping"}, code: 0, stdout: `{"ok":true,"result":{"version":`},
 		{name: "agent unknown op", args: []string{"agent", "nope"}, code: 0, stdout: `"code":"unknown-op"`},
 	}
 	for _, tt := range tests {

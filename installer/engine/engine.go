@@ -1,127 +1,52 @@
 // Package engine runs phases in order against a cluster's nodes. It knows the
-// phase contract (Plan observes, Apply changes exactly what was planned) and
-// nothing about any particular phase: phases register themselves with the
-// installer, which hands the ordered list to the engine.
+// phase contract (Plan observes through a read-only View, Apply changes
+// exactly what was planned through a Run) and nothing about any particular
+// phase: the installer hands it the ordered list.
+//
+// Cost model: before planning, the engine collects every phase's
+// observations of a node (Observer) and sends them in one agent exec per
+// node; plans read their answers. A no-op rerun therefore costs one SSH
+// connection and one exec per node. After a phase changes a node, the next
+// phase's observations of that node are fetched again, in one exec.
 package engine
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
+
+	"castellan/installer/agent"
 )
-
-// Phase is one step of an install, e.g. preflight or mesh.
-type Phase interface {
-	// Name is short and stable: it appears in --only, events and the state repo.
-	Name() string
-	// Plan observes the nodes (read-only) and returns what Apply would change.
-	// An empty plan means there is nothing to do.
-	Plan(ctx context.Context, r *Run) (Plan, error)
-	// Apply makes exactly the planned changes and verifies them. Every step
-	// must be safe to repeat after a crash at any point.
-	Apply(ctx context.Context, r *Run, p Plan) error
-}
-
-// Change is one thing a phase would change on one node (or the cluster when
-// Node is empty).
-type Change struct {
-	Node    string `json:"node,omitempty"`
-	Summary string `json:"summary"`
-	// Detail is shown under the summary in verbose plans (e.g. a diff).
-	Detail string `json:"detail,omitempty"`
-}
-
-// Plan is what a phase would change.
-type Plan struct {
-	Phase   string   `json:"phase"`
-	Changes []Change `json:"changes,omitempty"`
-	// Notes are observations worth showing although they change nothing.
-	Notes []string `json:"notes,omitempty"`
-}
-
-// Empty reports whether the plan changes nothing.
-func (p Plan) Empty() bool { return len(p.Changes) == 0 }
-
-// ForNode returns the changes planned for one node.
-func (p Plan) ForNode(node string) []Change {
-	var out []Change
-	for _, c := range p.Changes {
-		if c.Node == node {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// Nodes returns the nodes with planned changes, in plan order.
-func (p Plan) Nodes() []string {
-	var out []string
-	seen := map[string]bool{}
-	for _, c := range p.Changes {
-		if c.Node != "" && !seen[c.Node] {
-			seen[c.Node] = true
-			out = append(out, c.Node)
-		}
-	}
-	return out
-}
-
-// ErrInterrupted is returned when a run was asked to stop between steps.
-var ErrInterrupted = errors.New("run interrupted: stopped between steps as asked; rerun to continue")
-
-// Outcome is how a node or phase ended.
-type Outcome string
-
-// Outcomes.
-const (
-	OutcomeOK          Outcome = "ok"
-	OutcomeUnchanged   Outcome = "unchanged"
-	OutcomeFailed      Outcome = "failed"
-	OutcomeSkipped     Outcome = "skipped"
-	OutcomeInterrupted Outcome = "interrupted"
-)
-
-// PhaseResult records how one phase went.
-type PhaseResult struct {
-	Name     string             `json:"name"`
-	Outcome  Outcome            `json:"outcome"`
-	Changes  []Change           `json:"changes,omitempty"`
-	Nodes    map[string]Outcome `json:"nodes,omitempty"`
-	Error    string             `json:"error,omitempty"`
-	Duration time.Duration      `json:"duration"`
-}
-
-// Result records a whole run.
-type Result struct {
-	Phases   []PhaseResult `json:"phases"`
-	Outcome  Outcome       `json:"outcome"`
-	Error    string        `json:"error,omitempty"`
-	Duration time.Duration `json:"duration"`
-}
 
 // Engine runs an ordered list of phases.
 type Engine struct {
 	Phases []Phase
-	// Parallelism bounds how many nodes a phase works on at once (default 50).
-	Parallelism int
-	Sink        Sink
-	Logger      *slog.Logger
 }
 
-// Select returns the engine's phases restricted to names (all when empty),
-// in engine order; unknown names are an error listing the valid ones.
+// Select returns the engine's phases restricted to names (all when names is
+// nil), in engine order. Unknown names, and an empty selection, are errors
+// listing the valid ones.
 func (e *Engine) Select(names []string) ([]Phase, error) {
-	if len(names) == 0 {
+	if names == nil {
 		return e.Phases, nil
+	}
+	valid := make([]string, 0, len(e.Phases))
+	for _, p := range e.Phases {
+		valid = append(valid, p.Name())
 	}
 	want := map[string]bool{}
 	for _, n := range names {
+		if strings.TrimSpace(n) == "" {
+			return nil, fmt.Errorf("empty phase name; phases are: %s", strings.Join(valid, ", "))
+		}
 		want[n] = true
+	}
+	if len(want) == 0 {
+		return nil, fmt.Errorf("no phase selected; phases are: %s", strings.Join(valid, ", "))
 	}
 	var out []Phase
 	for _, p := range e.Phases {
@@ -131,12 +56,9 @@ func (e *Engine) Select(names []string) ([]Phase, error) {
 		}
 	}
 	if len(want) > 0 {
-		var unknown, valid []string
+		var unknown []string
 		for n := range want {
 			unknown = append(unknown, n)
-		}
-		for _, p := range e.Phases {
-			valid = append(valid, p.Name())
 		}
 		sort.Strings(unknown)
 		return nil, fmt.Errorf("unknown phase %s; phases are: %s", strings.Join(unknown, ", "), strings.Join(valid, ", "))
@@ -144,75 +66,320 @@ func (e *Engine) Select(names []string) ([]Phase, error) {
 	return out, nil
 }
 
+// PhaseResult records how one phase went.
+type PhaseResult struct {
+	Name    string             `json:"name"`
+	Outcome Outcome            `json:"outcome"`
+	Changes []Change           `json:"changes,omitempty"`
+	Nodes   map[string]Outcome `json:"nodes,omitempty"`
+	// Error says why the phase failed, briefly; a node's error in full is in
+	// Result.NodeErrors.
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"duration"`
+}
+
+// Result records a whole run.
+type Result struct {
+	Phases  []PhaseResult `json:"phases"`
+	Outcome Outcome       `json:"outcome"`
+	Error   string        `json:"error,omitempty"`
+	// NodeErrors holds each failed node's first error, in full.
+	NodeErrors map[string]string `json:"nodeErrors,omitempty"`
+	Duration   time.Duration     `json:"duration"`
+}
+
+// observe makes sure every targeted, available node has answered the
+// observations of phases: nodes whose observation is complete cost nothing;
+// the others get one agent exec. A node that cannot be observed is marked
+// unavailable for the rest of the session.
+func (e *Engine) observe(ctx context.Context, s *Session, phases []Phase) {
+	need := map[string][]agent.Request{}
+	var nodes []string
+	for _, node := range s.NodeNames() {
+		if s.isUnavailable(node) {
+			continue
+		}
+		reqs, err := observations(s, phases, node)
+		if err != nil {
+			s.markUnavailable(node, StepObserve, err)
+			continue
+		}
+		missing, ask := s.missing(node, reqs)
+		if ask {
+			need[node] = missing
+			nodes = append(nodes, node)
+		}
+	}
+	if len(nodes) == 0 {
+		return
+	}
+	v := s.View("")
+	err := v.ForEachNode(ctx, nodes, StepObserve, func(ctx context.Context, node string) error {
+		var resps []agent.Response
+		timing, err := timed(func() error {
+			var err error
+			resps, err = s.cfg.Access.Batch(ctx, node, need[node])
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		st, err := s.cfg.Access.Agent(ctx, node)
+		if err != nil {
+			return err
+		}
+		s.storeObservation(node, st.Installed, need[node], resps, timing)
+		return nil
+	})
+	var ne NodeErrors
+	if errors.As(err, &ne) {
+		for node, nerr := range ne {
+			if !interrupted(nerr) {
+				s.markUnavailable(node, "", nerr)
+			}
+		}
+	}
+}
+
+// observations are the requests of every Observer phase for node, without
+// duplicates.
+func observations(s *Session, phases []Phase, node string) ([]agent.Request, error) {
+	var out []agent.Request
+	seen := map[string]bool{}
+	for _, p := range phases {
+		o, ok := p.(Observer)
+		if !ok {
+			continue
+		}
+		reqs, err := o.Observe(s.View(p.Name()), node)
+		if err != nil {
+			return nil, fmt.Errorf("%s: listing observations: %w", p.Name(), err)
+		}
+		for _, r := range reqs {
+			if !seen[r.Key()] {
+				seen[r.Key()] = true
+				out = append(out, r)
+			}
+		}
+	}
+	return out, nil
+}
+
+// missing returns the requests node has not answered yet, and whether an
+// exec is needed (something missing, or nothing known of the node yet).
+func (s *Session) missing(node string, reqs []agent.Request) ([]agent.Request, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o := s.observed[node]
+	if o == nil {
+		return reqs, true
+	}
+	if !o.agentKnown {
+		// The agent is not there: nothing can be observed until a phase
+		// installs it (which invalidates this).
+		return nil, false
+	}
+	var out []agent.Request
+	for _, r := range reqs {
+		if _, ok := o.responses[r.Key()]; !ok {
+			out = append(out, r)
+		}
+	}
+	return out, len(out) > 0
+}
+
+func (s *Session) storeObservation(node string, installed bool, reqs []agent.Request, resps []agent.Response, timing Timing) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o := s.observed[node]
+	if o == nil {
+		o = &observation{responses: map[string]agent.Response{}}
+		s.observed[node] = o
+	}
+	o.agentKnown = installed
+	if len(reqs) > 0 {
+		o.timing = timing
+	}
+	for i, r := range reqs {
+		if i < len(resps) {
+			o.responses[r.Key()] = resps[i]
+		}
+	}
+}
+
+func (s *Session) isUnavailable(node string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unavailable[node] != nil
+}
+
+// markUnavailable records that node cannot be worked on in this session.
+// When step is set, the failure has not been reported yet and is reported
+// now.
+func (s *Session) markUnavailable(node, step string, err error) {
+	if step != "" {
+		s.View("").reportNodeFailure(node, step, err, 0)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.reported[node]
+	if f == nil {
+		f = &failure{err: err}
+	}
+	s.unavailable[node] = f
+}
+
 // PlanAll plans every phase without changing anything. A phase whose plan
-// fails is reported and the others are still planned.
-func (e *Engine) PlanAll(ctx context.Context, r *Run, phases []Phase) ([]Plan, error) {
-	r.init(e)
+// fails is reported (a *PlanError in the returned error) and the later ones
+// are still planned; an interrupt stops planning between phases.
+func (e *Engine) PlanAll(ctx context.Context, s *Session, phases []Phase) ([]Plan, error) {
+	start := time.Now()
+	s.emit(Event{Kind: KindRun, Status: StatusStarted, Message: fmt.Sprintf("planning %d phase(s) on %d node(s)", len(phases), len(s.cfg.Nodes))})
+	e.observe(ctx, s, phases)
 	var plans []Plan
 	var errs []error
 	for _, p := range phases {
-		pr := r.phaseRun(p.Name())
-		r.emit(Event{Phase: p.Name(), Step: "plan", Status: StatusStarted})
-		start := time.Now()
-		plan, err := p.Plan(ctx, pr)
-		plan.Phase = p.Name()
+		if s.interrupted() || ctx.Err() != nil {
+			errs = append(errs, ErrInterrupted)
+			break
+		}
+		plan, err := e.plan(ctx, s, p, StepPlan)
 		if err != nil {
-			r.emit(Event{Phase: p.Name(), Step: "plan", Status: StatusFailed, Message: err.Error(), Elapsed: time.Since(start)})
 			errs = append(errs, &PlanError{Phase: p.Name(), Err: err})
 			continue
 		}
-		r.emit(Event{Phase: p.Name(), Step: "plan", Status: StatusDone, Message: planSummary(plan), Elapsed: time.Since(start)})
 		plans = append(plans, plan)
-		if ctx.Err() != nil {
-			break
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		s.emit(Event{Kind: KindRun, Status: StatusFailed, Message: "planning failed", Elapsed: time.Since(start)})
+	} else {
+		s.emit(Event{Kind: KindRun, Status: StatusDone, Message: "planned", Elapsed: time.Since(start)})
+	}
+	return plans, err
+}
+
+// plan runs one phase's Plan and reports it: a planned event with its
+// summary and one change event per change (Step says whether the changes
+// are only planned or about to be applied).
+func (e *Engine) plan(ctx context.Context, s *Session, p Phase, step string) (Plan, error) {
+	name := p.Name()
+	v := s.View(name)
+	start := time.Now()
+	plan, err := p.Plan(ctx, v)
+	plan.Phase = name
+	if err != nil {
+		_, _ = e.reportPhaseFailure(s, name, "could not plan", err, time.Since(start))
+		return plan, err
+	}
+	v.Emit(Event{Kind: KindPhase, Status: StatusPlanned, Step: step, Message: plan.Summary(), Elapsed: time.Since(start)})
+	for _, n := range plan.Notes {
+		v.Emit(Event{Kind: KindMessage, Status: StatusInfo, Message: n})
+	}
+	for i := range plan.Changes {
+		c := plan.Changes[i]
+		v.Emit(Event{Kind: KindChange, Node: c.Node, Step: step, Status: StatusPlanned, Message: c.Summary, Change: &c})
+	}
+	return plan, nil
+}
+
+// reportPhaseFailure emits a phase's failure: briefly, referring to the
+// nodes' errors reported before, or in full when no node's error explains it.
+// It returns the message and the Seq of the event to refer to.
+func (e *Engine) reportPhaseFailure(s *Session, phase, what string, err error, elapsed time.Duration) (string, uint64) {
+	msg, ref := s.describe(err)
+	if what != "" {
+		msg = what + ": " + msg
+	}
+	seq := s.View(phase).Emit(Event{Kind: KindPhase, Status: statusOf(err), Message: msg, Ref: ref, Elapsed: elapsed})
+	if ref == 0 {
+		ref = seq
+	}
+	return msg, ref
+}
+
+func statusOf(err error) Status {
+	if interrupted(err) {
+		return StatusInterrupted
+	}
+	return StatusFailed
+}
+
+// Describe turns an error of a phase into a brief message for people: node
+// errors become the list of failed nodes (their errors were reported in full
+// as they happened).
+func (s *Session) Describe(err error) string {
+	msg, _ := s.describe(err)
+	return msg
+}
+
+// describe turns an error into a brief message: node errors become the list
+// of failed nodes (their errors were reported in full as they happened),
+// with the Seq of the first report.
+func (s *Session) describe(err error) (string, uint64) {
+	var ne NodeErrors
+	if !errors.As(err, &ne) {
+		if interrupted(err) {
+			return "interrupted: stopped between steps as asked; rerun to continue", 0
+		}
+		return err.Error(), 0
+	}
+	var failed, stopped []string
+	var ref uint64
+	s.mu.Lock()
+	for _, n := range ne.Nodes() {
+		if interrupted(ne[n]) {
+			stopped = append(stopped, n)
+			continue
+		}
+		failed = append(failed, n)
+		if f := s.reported[n]; f != nil && (ref == 0 || f.seq < ref) {
+			ref = f.seq
 		}
 	}
-	return plans, errors.Join(errs...)
+	s.mu.Unlock()
+	var parts []string
+	if len(failed) > 0 {
+		parts = append(parts, fmt.Sprintf("failed on %d node(s): %s", len(failed), list(failed)))
+	}
+	if len(stopped) > 0 {
+		parts = append(parts, fmt.Sprintf("%d node(s) interrupted", len(stopped)))
+	}
+	return strings.Join(parts, "; "), ref
 }
 
-// PlanError is a phase that could not plan; PlanAll has reported it as an event.
-type PlanError struct {
-	Phase string
-	Err   error
-}
-
-func (e *PlanError) Error() string { return fmt.Sprintf("planning %s: %v", e.Phase, e.Err) }
-func (e *PlanError) Unwrap() error { return e.Err }
-
-func planSummary(p Plan) string {
-	if p.Empty() {
-		return "nothing to do"
+// list names up to 10 nodes.
+func list(nodes []string) string {
+	if len(nodes) <= 10 {
+		return strings.Join(nodes, ", ")
 	}
-	if n := len(p.Nodes()); n > 0 {
-		return fmt.Sprintf("%d change(s) on %d node(s)", len(p.Changes), n)
-	}
-	return fmt.Sprintf("%d change(s)", len(p.Changes))
+	return strings.Join(nodes[:10], ", ") + fmt.Sprintf(" and %d more", len(nodes)-10)
 }
 
 // Apply runs the phases in order: each is planned just before it is applied
 // (earlier phases change what later ones observe) and applied only when its
-// plan is not empty. It stops at the first failed phase. interrupt, when it
-// is done, stops the run between steps; ctx cancels everything at once.
+// plan is not empty. It stops at the first failed phase. The session's
+// Interrupt stops the run between steps; cancelling ctx aborts it.
 //
 // confirmed are the plans a person approved (nil when nobody was asked). As
 // long as no phase of this run has changed anything, a phase's fresh plan
-// must be the confirmed one: otherwise the nodes changed while the prompt
-// waited, and the run stops before applying what nobody saw. Once an earlier
-// phase has applied, later plans may differ; they see what it did.
-func (e *Engine) Apply(ctx, interrupt context.Context, r *Run, phases []Phase, confirmed []Plan) Result {
-	r.init(e)
-	r.interrupt = interrupt
+// must be the confirmed one (same actions on the same targets): otherwise
+// the nodes changed while the prompt waited, and the run stops before
+// applying what nobody saw. Once a phase has applied, later plans may
+// differ: they see what it did.
+func (e *Engine) Apply(ctx context.Context, s *Session, phases []Phase, confirmed []Plan) Result {
 	start := time.Now()
 	res := Result{Outcome: OutcomeUnchanged}
-	r.emit(Event{Status: StatusStarted, Message: fmt.Sprintf("%d phase(s) on %d node(s)", len(phases), len(r.Nodes))})
+	s.emit(Event{Kind: KindRun, Status: StatusStarted, Message: fmt.Sprintf("%d phase(s) on %d node(s)", len(phases), len(s.cfg.Nodes))})
+	stopAt := -1
+	var failure error
+	var ref uint64
 	for i, p := range phases {
-		if err := r.Checkpoint(); err != nil {
-			for _, rest := range phases[i:] {
-				res.Phases = append(res.Phases, PhaseResult{Name: rest.Name(), Outcome: OutcomeSkipped})
-			}
-			res.Outcome, res.Error = OutcomeInterrupted, err.Error()
+		if s.interrupted() || ctx.Err() != nil {
+			stopAt, failure = i, ErrInterrupted
 			break
 		}
+		e.observe(ctx, s, phases[i:])
 		var expect *Plan
 		if confirmed != nil && res.Outcome == OutcomeUnchanged {
 			expect = &Plan{Phase: p.Name()}
@@ -222,148 +389,107 @@ func (e *Engine) Apply(ctx, interrupt context.Context, r *Run, phases []Phase, c
 				}
 			}
 		}
-		pr := e.applyPhase(ctx, r, p, expect)
+		pr, seq, err := e.applyPhase(ctx, s, p, expect)
 		res.Phases = append(res.Phases, pr)
 		if pr.Outcome == OutcomeOK {
 			res.Outcome = OutcomeOK
 		}
-		if pr.Outcome == OutcomeFailed || pr.Outcome == OutcomeInterrupted {
-			res.Outcome, res.Error = pr.Outcome, fmt.Sprintf("phase %s: %s", pr.Name, pr.Error)
-			for _, rest := range phases[i+1:] {
-				res.Phases = append(res.Phases, PhaseResult{Name: rest.Name(), Outcome: OutcomeSkipped})
-			}
+		if err != nil {
+			stopAt, failure, ref = i+1, err, seq
 			break
 		}
 	}
+	brief := ""
+	if stopAt >= 0 {
+		for _, rest := range phases[stopAt:] {
+			res.Phases = append(res.Phases, PhaseResult{Name: rest.Name(), Outcome: OutcomeSkipped})
+		}
+		res.Outcome = OutcomeFailed
+		if interrupted(failure) {
+			res.Outcome = OutcomeInterrupted
+		}
+		if stopAt > 0 && res.Phases[stopAt-1].Error != "" {
+			last := res.Phases[stopAt-1]
+			res.Error = fmt.Sprintf("phase %s: %s", last.Name, last.Error)
+			brief = fmt.Sprintf("phase %s %s (reported above)", last.Name, last.Outcome)
+		} else {
+			res.Error, _ = s.describe(failure)
+			brief = res.Error
+		}
+	}
+	res.NodeErrors = s.NodeErrors()
 	res.Duration = time.Since(start)
 	switch res.Outcome {
 	case OutcomeFailed, OutcomeInterrupted:
-		r.emit(Event{Status: StatusFailed, Message: res.Error, Elapsed: res.Duration})
+		s.emit(Event{Kind: KindRun, Status: statusOf(failure), Message: brief, Ref: ref, Elapsed: res.Duration})
 	case OutcomeUnchanged:
-		r.emit(Event{Status: StatusDone, Message: "nothing to do: every phase's plan was empty, no node was changed", Elapsed: res.Duration})
+		s.emit(Event{Kind: KindRun, Status: StatusDone, Message: "nothing to do: every phase's plan was empty, no node was changed", Elapsed: res.Duration})
 	default:
-		r.emit(Event{Status: StatusDone, Message: "all phases done", Elapsed: res.Duration})
+		s.emit(Event{Kind: KindRun, Status: StatusDone, Message: "all phases done", Elapsed: res.Duration})
 	}
 	return res
 }
 
-func (e *Engine) applyPhase(ctx context.Context, r *Run, p Phase, expect *Plan) (res PhaseResult) {
+// applyPhase plans one phase and applies its plan. The error says why the
+// run must stop here; the Seq is the event that reported it.
+func (e *Engine) applyPhase(ctx context.Context, s *Session, p Phase, expect *Plan) (PhaseResult, uint64, error) {
 	name := p.Name()
-	pr := r.phaseRun(name)
 	start := time.Now()
-	res = PhaseResult{Name: name, Nodes: map[string]Outcome{}}
-	defer func() {
+	res := PhaseResult{Name: name}
+	v := s.View(name)
+	done := func(err error, what string) (PhaseResult, uint64, error) {
 		res.Duration = time.Since(start)
-		for n, o := range pr.nodeOutcomes() {
-			res.Nodes[n] = o
+		res.Nodes = v.outcomes.snapshot()
+		if err == nil {
+			return res, 0, nil
 		}
-		if len(res.Nodes) == 0 {
-			res.Nodes = nil
-		}
-	}()
-	fail := func(err error) PhaseResult {
-		res.Outcome, res.Error = OutcomeFailed, err.Error()
+		res.Outcome = OutcomeFailed
 		if interrupted(err) {
 			res.Outcome = OutcomeInterrupted
 		}
-		r.emit(Event{Phase: name, Status: StatusFailed, Message: err.Error(), Elapsed: time.Since(start)})
-		return res
+		var seq uint64
+		res.Error, seq = e.reportPhaseFailure(s, name, what, err, res.Duration)
+		return res, seq, err
 	}
-	r.emit(Event{Phase: name, Status: StatusStarted})
-	plan, err := p.Plan(ctx, pr)
-	if err != nil {
-		return fail(fmt.Errorf("plan: %w", err))
-	}
+	v.Emit(Event{Kind: KindPhase, Status: StatusStarted})
+	plan, err := p.Plan(ctx, v)
 	plan.Phase = name
-	if expect != nil && !samePlan(*expect, plan) {
-		return fail(fmt.Errorf("the nodes changed since the plan was confirmed (it said %q, now %q); nothing of this phase was applied: review castellan plan and run again", planSummary(*expect), planSummary(plan)))
+	if err != nil {
+		return done(err, "could not plan")
+	}
+	if expect != nil && !expect.Same(plan) {
+		err := fmt.Errorf("the nodes changed since the plan was confirmed (it said %q, now %q); nothing of this phase was applied: review castellan plan and run again", expect.Summary(), plan.Summary())
+		return done(err, "")
 	}
 	res.Changes = plan.Changes
-	for _, note := range plan.Notes {
-		r.emit(Event{Phase: name, Status: StatusInfo, Message: note})
+	for _, n := range plan.Notes {
+		v.Emit(Event{Kind: KindMessage, Status: StatusInfo, Message: n})
 	}
 	if plan.Empty() {
 		res.Outcome = OutcomeUnchanged
-		r.emit(Event{Phase: name, Status: StatusSkipped, Message: "nothing to do", Elapsed: time.Since(start)})
-		return res
+		v.Emit(Event{Kind: KindPhase, Status: StatusSkipped, Message: "nothing to do", Elapsed: time.Since(start)})
+		return done(nil, "")
 	}
-	for _, c := range plan.Changes {
-		r.emit(Event{Phase: name, Node: c.Node, Step: "plan", Status: StatusInfo, Message: c.Summary})
+	for i := range plan.Changes {
+		c := plan.Changes[i]
+		v.Emit(Event{Kind: KindChange, Node: c.Node, Step: StepApply, Status: StatusPlanned, Message: c.Summary, Change: &c})
 	}
-	if err := r.Checkpoint(); err != nil {
-		return fail(err)
+	if err := v.Checkpoint(); err != nil {
+		return done(err, "")
 	}
-	if err := p.Apply(ctx, pr, plan); err != nil {
-		return fail(err)
+	if err := p.Apply(ctx, s.Run(name), plan); err != nil {
+		return done(err, "")
 	}
 	res.Outcome = OutcomeOK
-	r.emit(Event{Phase: name, Status: StatusDone, Message: planSummary(plan), Elapsed: time.Since(start)})
-	return res
+	v.Emit(Event{Kind: KindPhase, Status: StatusDone, Message: plan.Summary(), Elapsed: time.Since(start)})
+	return done(nil, "")
 }
 
-// samePlan reports whether two plans make the same changes in the same order.
-func samePlan(a, b Plan) bool {
-	if len(a.Changes) != len(b.Changes) {
-		return false
+// PhaseNames lists the names of phases, in order.
+func PhaseNames(phases []Phase) []string {
+	out := make([]string, len(phases))
+	for i, p := range phases {
+		out[i] = p.Name()
 	}
-	for i := range a.Changes {
-		if a.Changes[i].Node != b.Changes[i].Node || a.Changes[i].Summary != b.Changes[i].Summary {
-			return false
-		}
-	}
-	return true
+	return slices.Clip(out)
 }
-
-// interrupted tells an interrupt (first Ctrl-C) or an abort (second Ctrl-C,
-// which cancels the run's context) from a failure.
-func interrupted(err error) bool {
-	return errors.Is(err, ErrInterrupted) || errors.Is(err, context.Canceled)
-}
-
-// NodeErrors is the failure of some nodes in one ForEachNode call.
-type NodeErrors map[string]error
-
-func (ne NodeErrors) Error() string {
-	names := make([]string, 0, len(ne))
-	for n := range ne {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	parts := make([]string, 0, len(names))
-	for _, n := range names {
-		parts = append(parts, fmt.Sprintf("%s: %v", n, ne[n]))
-	}
-	if len(parts) == 1 {
-		return parts[0]
-	}
-	return fmt.Sprintf("%d nodes failed:\n  %s", len(parts), strings.Join(parts, "\n  "))
-}
-
-// Unwrap lets errors.Is and errors.As look into every node's error.
-func (ne NodeErrors) Unwrap() []error {
-	out := make([]error, 0, len(ne))
-	for _, err := range ne {
-		out = append(out, err)
-	}
-	return out
-}
-
-// nodeOutcomes is the per-node result of one phase.
-type nodeOutcomes struct {
-	mu sync.Mutex
-	m  map[string]Outcome
-}
-
-func (n *nodeOutcomes) set(node string, o Outcome) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.m == nil {
-		n.m = map[string]Outcome{}
-	}
-	n.m[node] = o
-}
-
-// DefaultParallelism is how many nodes a phase works on at once by default:
-// one SSH connection each, so it is cheap for the installer (measured: 50
-// nodes' facts in about a second on 2 cores).
-const DefaultParallelism = 50

@@ -5,33 +5,60 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
-	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
 
+// Bounds on what one profile may expand to. A real profile has a few hundred
+// values; a thousand nodes with labels and disks stay under 50 000. Aliases
+// are bounded separately and much lower, so that a few lines of anchors and
+// aliases (a "billion laughs") cannot make a small file decode into a huge one.
+const (
+	// maxValues bounds the values decoded, aliases expanded.
+	maxValues = 100_000
+	// maxAliasValues bounds the values reached through aliases.
+	maxAliasValues = 10_000
+	// maxKey bounds a mapping key: the longest are Kubernetes label keys, a
+	// DNS subdomain prefix (253), '/' and a name (63).
+	maxKey = 317
+)
+
 // decoder fills Go values from a YAML node tree strictly: unknown fields,
-// duplicate keys and wrongly typed values are errors that carry the
-// position and field path. It also records where every field was written,
-// so that validation errors can point at the line that caused them.
+// duplicate keys, explicit tags and values of the wrong type are errors that
+// carry the position and field path. It also records where every field was
+// written, which fields were written with a value (so defaults apply only to
+// unwritten ones), and which failed to decode (so validation does not report
+// them a second time).
 type decoder struct {
-	file   string
-	errs   Errors
-	pos    map[string]Pos
-	unmarK reflect.Type
+	file string
+	errs Errors
+	pos  map[string]Pos
+	set  map[string]bool
+	bad  map[string]bool
+
+	values, aliasValues int
+	aliases             []*yaml.Node // the aliases being expanded, outermost first
+	aliasPath           string       // the field path of the outermost one
+	aborted             bool         // a bound was hit: decode nothing more
 }
 
 func newDecoder(file string) *decoder {
-	return &decoder{
-		file:   file,
-		pos:    map[string]Pos{},
-		unmarK: reflect.TypeFor[yaml.Unmarshaler](),
-	}
+	return &decoder{file: file, pos: map[string]Pos{}, set: map[string]bool{}, bad: map[string]bool{}}
 }
 
+// fail records a problem at n.
 func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
 	d.errs = append(d.errs, &FieldError{File: d.file, Pos: nodePos(n), Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// failValue records a value that could not be decoded: path keeps its zero
+// value, and validation says nothing more about it.
+func (d *decoder) failValue(n *yaml.Node, path, format string, args ...any) {
+	d.fail(n, path, format, args...)
+	d.bad[path] = true
+	delete(d.set, path) // so the default applies to what depends on it
 }
 
 func nodePos(n *yaml.Node) Pos { return Pos{Line: n.Line, Column: n.Column} }
@@ -43,85 +70,177 @@ func kindName(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	case yaml.ScalarNode:
-		if n.Tag == "!!null" {
-			return "nothing (null)"
-		}
-		return fmt.Sprintf("the value %q", n.Value)
+		return describeScalar(n)
 	}
 	return "something else"
 }
 
+var (
+	durationType = reflect.TypeFor[Duration]()
+)
+
+// count counts one decoded value against the bounds; false means stop.
+func (d *decoder) count(n *yaml.Node, path string) bool {
+	if d.aborted {
+		return false
+	}
+	d.values++
+	if len(d.aliases) > 0 {
+		d.aliasValues++
+	}
+	switch {
+	case d.aliasValues > maxAliasValues:
+		a := d.aliases[0]
+		d.fail(a, d.aliasPath, "alias *%s (anchor &%s at line %d) expands the profile beyond %d values reached through aliases; "+
+			"aliases are bounded so that a small file cannot expand into a huge one: write the repeated values out",
+			show(a.Value), show(a.Value), a.Alias.Line, maxAliasValues)
+	case d.values > maxValues:
+		d.fail(n, path, "the profile holds more than %d values; is this the right file?", maxValues)
+	default:
+		return true
+	}
+	d.aborted = true
+	return false
+}
+
 // decode fills v (addressable) from n; path names v in error messages.
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
-	for n.Kind == yaml.AliasNode {
-		n = n.Alias
+	if !d.count(n, path) {
+		return
 	}
 	d.pos[path] = nodePos(n)
-	if v.Kind() == reflect.Pointer {
-		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+	if n.Kind == yaml.AliasNode {
+		if n.Alias == nil {
+			d.failValue(n, path, "alias *%s names no anchor", show(n.Value))
 			return
 		}
+		if len(d.aliases) == 0 {
+			d.aliasPath = path
+		}
+		d.aliases = append(d.aliases, n)
+		defer func() { d.aliases = d.aliases[:len(d.aliases)-1] }()
+		pos := d.pos[path]
+		d.decode(n.Alias, v, path)
+		d.pos[path] = pos // errors about the value point at the alias
+		return
+	}
+	if n.Style&yaml.TaggedStyle != 0 {
+		d.failValue(n, path, "explicit tags such as %s are not accepted; write the value without a tag", show(n.Tag))
+		return
+	}
+	if isNull(n) {
+		return // an empty value leaves the default
+	}
+	d.set[path] = true
+	if v.Kind() == reflect.Pointer {
 		if v.IsNil() {
 			v.Set(reflect.New(v.Type().Elem()))
 		}
-		d.decode(n, v.Elem(), path)
-		return
+		v = v.Elem()
 	}
-	if reflect.PointerTo(v.Type()).Implements(d.unmarK) {
-		d.leaf(n, v, path)
-		return
-	}
-	switch v.Kind() {
-	case reflect.Struct:
+	switch {
+	case v.Type() == durationType:
+		d.duration(n, v, path)
+	case v.Kind() == reflect.Struct:
 		d.decodeStruct(n, v, path)
-	case reflect.Slice:
+	case v.Kind() == reflect.Slice:
 		d.decodeSlice(n, v, path)
-	case reflect.Map:
+	case v.Kind() == reflect.Map:
 		d.decodeMap(n, v, path)
 	default:
 		d.leaf(n, v, path)
 	}
 }
 
-func (d *decoder) leaf(n *yaml.Node, v reflect.Value, path string) {
+// scalar checks that n is a scalar for a value of type t.
+func (d *decoder) scalar(n *yaml.Node, t reflect.Type, path string) bool {
 	if n.Kind != yaml.ScalarNode {
-		d.fail(n, path, "expected %s, got %s", describeType(v.Type()), kindName(n))
+		d.failValue(n, path, "expected %s, got %s", describeType(t), kindName(n))
+		return false
+	}
+	return true
+}
+
+func (d *decoder) leaf(n *yaml.Node, v reflect.Value, path string) {
+	if !d.scalar(n, v.Type(), path) {
 		return
 	}
-	if n.Tag == "!!null" {
-		return // an empty value leaves the default
-	}
-	// Strings must be written as strings: `name: 1.10` or `user: yes`
-	// silently becoming text is a classic YAML trap, so say it.
-	if v.Kind() == reflect.String && n.Tag != "!!str" && n.Style == 0 {
-		d.fail(n, path, "expected a string, got %s %q; quote it if you mean the text", strings.TrimPrefix(n.Tag, "!!"), n.Value)
-		return
-	}
-	if err := n.Decode(v.Addr().Interface()); err != nil {
-		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			d.fail(n, path, "expected %s, got %s", describeType(v.Type()), kindName(n))
+	switch v.Kind() {
+	case reflect.String:
+		if s, ok := d.text(n, path); ok {
+			v.SetString(s)
+		}
+	case reflect.Int:
+		x, err := parseInt(n)
+		if err != nil {
+			d.failValue(n, path, "%v", err)
 			return
 		}
-		d.fail(n, path, "%v", err)
+		v.SetInt(int64(x))
+	case reflect.Bool:
+		b, err := parseBool(n)
+		if err != nil {
+			d.failValue(n, path, "%v", err)
+			return
+		}
+		v.SetBool(b)
+	default:
+		d.failValue(n, path, "internal error: no decoder for %s", v.Type())
+	}
+}
+
+// text reads a scalar as text. Strings must be written as text: `name: 1.10`
+// or `user: true` silently becoming text is a classic YAML trap, so it is
+// refused; so is any character that must not reach a terminal or a node.
+func (d *decoder) text(n *yaml.Node, path string) (string, bool) {
+	if coreTag(n) != "!!str" {
+		d.failValue(n, path, "expected text, got %s; quote it if you mean the text", describeScalar(n))
+		return "", false
+	}
+	if r, bad := badRune(n.Value); bad {
+		d.failValue(n, path, "%s in %s: only printable text is accepted, since castellan prints this value and may send it to a node", runeName(r), quote(n.Value))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (d *decoder) duration(n *yaml.Node, v reflect.Value, path string) {
+	if !d.scalar(n, v.Type(), path) {
+		return
+	}
+	const want = "expected a duration such as 30s or 5m"
+	if coreTag(n) != "!!str" {
+		d.failValue(n, path, "%s, got %s (a number needs its unit)", want, describeScalar(n))
+		return
+	}
+	x, err := time.ParseDuration(n.Value)
+	switch {
+	case err != nil:
+		d.failValue(n, path, "%s, got %s", want, quote(n.Value))
+	case x <= 0:
+		d.failValue(n, path, "%s, more than zero; got %s (leave it out for the default)", want, quote(n.Value))
+	default:
+		v.Set(reflect.ValueOf(Duration{x}))
 	}
 }
 
 func describeType(t reflect.Type) string {
 	switch t.Kind() {
 	case reflect.String:
-		return "a string"
+		return "text"
 	case reflect.Bool:
 		return "true or false"
-	case reflect.Int, reflect.Int32, reflect.Int64, reflect.Uint16:
+	case reflect.Int:
 		return "a whole number"
 	case reflect.Slice:
 		return "a list"
 	case reflect.Map, reflect.Struct:
-		if t == reflect.TypeFor[Duration]() {
+		if t == durationType {
 			return "a duration such as 30s or 5m"
 		}
 		return "a mapping"
+	case reflect.Pointer:
+		return describeType(t.Elem())
 	}
 	return t.String()
 }
@@ -152,46 +271,64 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		key := k.Value
 		fi, ok := findField(fields, key)
 		if !ok {
-			d.fail(k, path, "unknown field %q; expected one of: %s", key, fieldNames(fields, key))
+			d.fail(k, path, "unknown field %s; expected one of: %s", quote(key), fieldNames(fields, key))
+			// A misspelt field is not also missing.
+			for _, f := range fields {
+				if strings.EqualFold(f.name, key) {
+					d.bad[join(path, f.name)] = true
+				}
+			}
 			return
 		}
-		d.decode(val, v.Field(fi.index), join(path, key))
-		if _, ok := d.pos[join(path, key)]; ok {
+		p := join(path, key)
+		d.decode(val, v.Field(fi.index), p)
+		if _, ok := d.pos[p]; ok {
 			// Point field errors at the key, which is where a reader looks.
-			d.pos[join(path, key)] = nodePos(k)
+			d.pos[p] = nodePos(k)
 		}
 	})
 }
 
 // entries calls fn for each key and value of the mapping n, after the checks
-// structs and maps share: null leaves the default, anything but a mapping is
-// an error, and merge keys, complex keys and duplicates are refused. noun
-// ("field" or "key") names the keys in messages. It reports whether n was a
-// mapping.
-func (d *decoder) entries(n *yaml.Node, path, noun string, fn func(k, val *yaml.Node)) bool {
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return false
-	}
+// structs and maps share: anything but a mapping is an error, and merge keys,
+// complex keys, tagged keys, keys that are not printable text and duplicates
+// are refused. noun ("field" or "key") names the keys in messages.
+func (d *decoder) entries(n *yaml.Node, path, noun string, fn func(k, val *yaml.Node)) {
 	if n.Kind != yaml.MappingNode {
-		d.fail(n, path, "expected a mapping, got %s", kindName(n))
-		return false
+		d.failValue(n, path, "expected a mapping, got %s", kindName(n))
+		return
 	}
 	what := map[string]string{"field": "fields", "key": "entries"}[noun]
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content) && !d.aborted; i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode || k.Value == "<<" {
-			d.fail(k, path, "merge keys and complex keys are not supported; write the %s out", what)
+		if k.Kind == yaml.AliasNode || k.Kind != yaml.ScalarNode || (k.Value == "<<" && k.Style == 0) {
+			d.fail(k, path, "merge keys, aliases as keys and complex keys are not supported; write the %s out", what)
+			d.bad[path] = true
 			continue
 		}
-		if seen[k.Value] {
-			d.fail(k, join(path, k.Value), "%s %q appears twice", noun, k.Value)
+		if k.Style&yaml.TaggedStyle != 0 {
+			d.fail(k, path, "explicit tags such as %s are not accepted; write the key without a tag", show(k.Tag))
+			d.bad[path] = true
 			continue
 		}
-		seen[k.Value] = true
+		if len(k.Value) > maxKey {
+			d.fail(k, path, "a key of %d bytes: keys here are names of at most %d", len(k.Value), maxKey)
+			d.bad[path] = true
+			continue
+		}
+		if r, bad := badRune(k.Value); bad {
+			d.fail(k, path, "%s in the key %s: only printable text is accepted", runeName(r), quote(k.Value))
+			d.bad[path] = true
+			continue
+		}
+		if first, dup := seen[k.Value]; dup {
+			d.fail(k, join(path, k.Value), "%s %s appears twice (first at line %d)", noun, quote(k.Value), first.Line)
+			continue
+		}
+		seen[k.Value] = k
 		fn(k, val)
 	}
-	return true
 }
 
 func findField(fields []fieldInfo, key string) (fieldInfo, bool) {
@@ -216,11 +353,8 @@ func fieldNames(fields []fieldInfo, typo string) string {
 }
 
 func (d *decoder) decodeSlice(n *yaml.Node, v reflect.Value, path string) {
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return
-	}
 	if n.Kind != yaml.SequenceNode {
-		d.fail(n, path, "expected a list, got %s", kindName(n))
+		d.failValue(n, path, "expected a list, got %s", kindName(n))
 		return
 	}
 	s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -231,22 +365,29 @@ func (d *decoder) decodeSlice(n *yaml.Node, v reflect.Value, path string) {
 }
 
 func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
-	m := reflect.MakeMapWithSize(v.Type(), len(n.Content)/2)
-	ok := d.entries(n, path, "key", func(k, val *yaml.Node) {
+	m := reflect.MakeMapWithSize(v.Type(), min(len(n.Content)/2, 64))
+	byValue := map[int]*yaml.Node{} // int keys compared as numbers, not as text
+	d.entries(n, path, "key", func(k, val *yaml.Node) {
 		p := join(path, k.Value)
 		key := reflect.New(v.Type().Key()).Elem()
 		switch key.Kind() {
 		case reflect.String:
 			key.SetString(k.Value)
 		case reflect.Int:
-			x, err := strconv.Atoi(k.Value)
+			x, err := parseIntKey(k)
 			if err != nil {
-				d.fail(k, p, "expected a number as key, got %q", k.Value)
+				d.fail(k, p, "%v", err)
+				d.bad[p] = true
 				return
 			}
+			if first, dup := byValue[x]; dup {
+				d.fail(k, p, "%d appears twice: %s here and %s at line %d", x, quote(k.Value), quote(first.Value), first.Line)
+				return
+			}
+			byValue[x] = k
 			key.SetInt(int64(x))
 		default:
-			d.fail(k, p, "unsupported key type %s", key.Type())
+			d.fail(k, p, "internal error: no decoder for keys of type %s", key.Type())
 			return
 		}
 		elem := reflect.New(v.Type().Elem()).Elem()
@@ -254,9 +395,24 @@ func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
 		d.pos[p] = nodePos(k)
 		m.SetMapIndex(key, elem)
 	})
-	if ok {
+	if n.Kind == yaml.MappingNode {
 		v.Set(m)
 	}
+}
+
+// parseIntKey reads a number used as a key, e.g. a port. Keys may be quoted
+// (JSON writes every key as a string), but are decimal whole numbers either way.
+func parseIntKey(k *yaml.Node) (int, error) {
+	if k.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 && decimal.MatchString(k.Value) {
+		plain := *k
+		plain.Style = 0
+		k = &plain
+	}
+	x, err := parseInt(k)
+	if err != nil {
+		return 0, errors.New(strings.Replace(err.Error(), "expected a whole number", "expected a whole number as key", 1))
+	}
+	return x, nil
 }
 
 func join(path, key string) string {

@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"fmt"
 	"path"
 	"time"
 )
@@ -20,6 +21,8 @@ const (
 	DefaultSecretsCipher  = "aescbc"
 	DefaultStateRepo      = "state"
 	DefaultDataMountRoot  = "/var/lib/castellan/data"
+	// DefaultRecoveryGeneration is the generation of a data disk's first recovery passphrase.
+	DefaultRecoveryGeneration = 1
 )
 
 // DefaultPCRs is the PCR policy of the TPM keyslot when the profile names none.
@@ -30,98 +33,104 @@ func boolPtr(b bool) *bool { return &b }
 // On reports a defaulted *bool.
 func On(b *bool) bool { return b != nil && *b }
 
+// applyDefaults fills the fields the profile leaves out (or writes as null).
+// A field written with a value is never replaced: `port: 0` is an error for
+// Validate to report, not a request for the default.
 func (p *Profile) applyDefaults() {
 	s := &p.Spec
-	if s.SSH.Port == 0 {
+	if !p.set["spec.ssh.port"] {
 		s.SSH.Port = DefaultSSHPort
 	}
 	if s.SSH.Sudo == nil {
 		s.SSH.Sudo = boolPtr(s.SSH.User != "root")
 	}
-	if s.SSH.ConnectTimeout.Duration == 0 {
+	if !p.set["spec.ssh.connectTimeout"] {
 		s.SSH.ConnectTimeout.Duration = DefaultConnectTimeout
 	}
-	if s.SSH.CommandTimeout.Duration == 0 {
+	if !p.set["spec.ssh.commandTimeout"] {
 		s.SSH.CommandTimeout.Duration = DefaultCommandTimeout
 	}
 	if b := s.SSH.Bastion; b != nil {
-		if b.Port == 0 {
+		if !p.set["spec.ssh.bastion.port"] {
 			b.Port = DefaultSSHPort
 		}
-		if b.User == "" {
+		if !p.set["spec.ssh.bastion.user"] {
 			b.User = s.SSH.User
 		}
-		if b.KeyFile == "" {
+		if !p.set["spec.ssh.bastion.keyFile"] {
 			b.KeyFile = s.SSH.KeyFile
 		}
 	}
 	for i := range s.Nodes {
 		n := &s.Nodes[i]
-		if n.Port == 0 {
+		if !p.set[fmt.Sprintf("spec.nodes[%d].port", i)] {
 			n.Port = s.SSH.Port
 		}
 		for j := range n.DataDisks {
 			d := &n.DataDisks[j]
-			if d.MountPoint == "" && d.Device != "" {
+			if !p.set[fmt.Sprintf("spec.nodes[%d].dataDisks[%d].mountPoint", i, j)] && d.Device != "" {
 				d.MountPoint = path.Join(DefaultDataMountRoot, path.Base(d.Device))
 			}
 		}
 	}
-	if s.Identity.TPM == "" {
+	if !p.set["spec.identity.tpm"] {
 		s.Identity.TPM = TPMRequired
 	}
 	if s.DiskEncryption.Enabled == nil {
 		s.DiskEncryption.Enabled = boolPtr(true)
 	}
-	if len(s.DiskEncryption.PCRs) == 0 {
+	if !p.set["spec.diskEncryption.pcrs"] {
 		s.DiskEncryption.PCRs = append([]int(nil), DefaultPCRs...)
+	}
+	if !p.set["spec.diskEncryption.recoveryGeneration"] {
+		s.DiskEncryption.RecoveryGeneration = DefaultRecoveryGeneration
 	}
 	if s.Mesh.Enabled == nil {
 		s.Mesh.Enabled = boolPtr(true)
 	}
-	if s.Mesh.Subnet == "" {
+	if !p.set["spec.mesh.subnet"] {
 		s.Mesh.Subnet = DefaultMeshSubnet
 	}
-	if s.Mesh.Port == 0 {
+	if !p.set["spec.mesh.port"] {
 		s.Mesh.Port = DefaultMeshPort
 	}
-	if s.Mesh.Interface == "" {
+	if !p.set["spec.mesh.interface"] {
 		s.Mesh.Interface = DefaultMeshInterface
 	}
-	if s.RKE2.Artifacts == "" {
+	if !p.set["spec.rke2.artifacts"] {
 		s.RKE2.Artifacts = ArtifactsOnline
 	}
-	if s.RKE2.ClusterCIDR == "" {
+	if !p.set["spec.rke2.clusterCIDR"] {
 		s.RKE2.ClusterCIDR = DefaultClusterCIDR
 	}
-	if s.RKE2.ServiceCIDR == "" {
+	if !p.set["spec.rke2.serviceCIDR"] {
 		s.RKE2.ServiceCIDR = DefaultServiceCIDR
 	}
-	if s.RKE2.TLSMinVersion == "" {
+	if !p.set["spec.rke2.tlsMinVersion"] {
 		s.RKE2.TLSMinVersion = DefaultTLSMinVersion
 	}
-	if s.RKE2.SecretsEncryptionProvider == "" {
+	if !p.set["spec.rke2.secretsEncryptionProvider"] {
 		s.RKE2.SecretsEncryptionProvider = DefaultSecretsCipher
 	}
 	if s.Calico.WireGuard == nil {
 		s.Calico.WireGuard = boolPtr(true)
 	}
-	if s.Keycloak.Realm == "" {
+	if !p.set["spec.keycloak.realm"] {
 		s.Keycloak.Realm = p.Metadata.Name
 	}
 	for i := range s.Postgres.Databases {
-		if s.Postgres.Databases[i].Owner == "" {
+		if !p.set[fmt.Sprintf("spec.postgres.databases[%d].owner", i)] {
 			s.Postgres.Databases[i].Owner = s.Postgres.Databases[i].Name
 		}
 	}
-	if s.State.Repo == "" {
+	if !p.set["spec.state.repo"] {
 		s.State.Repo = DefaultStateRepo
 	}
 	if r := s.State.Remote; r != nil {
-		if r.KeyFile == "" {
+		if !p.set["spec.state.remote.keyFile"] {
 			r.KeyFile = s.SSH.KeyFile
 		}
-		if r.KnownHosts == "" {
+		if !p.set["spec.state.remote.knownHosts"] {
 			r.KnownHosts = s.SSH.KnownHosts
 		}
 	}

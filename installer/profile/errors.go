@@ -20,6 +20,9 @@ type FieldError struct {
 	Msg  string
 }
 
+// Error formats the problem as FILE:LINE:COLUMN: PATH: MESSAGE. Characters
+// that could act on a terminal (control and format characters) are written
+// as escapes, wherever they come from.
 func (e *FieldError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.File)
@@ -35,7 +38,7 @@ func (e *FieldError) Error() string {
 	}
 	b.WriteString(": ")
 	b.WriteString(e.Msg)
-	return b.String()
+	return escapeUnprintable(b.String())
 }
 
 // Errors is every problem found in one profile, in file order.
@@ -56,6 +59,8 @@ func (es Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
+// sorted orders the problems by position and drops repeats: a value reached
+// through several aliases is reported once.
 func (es Errors) sorted() Errors {
 	sort.SliceStable(es, func(i, j int) bool {
 		if es[i].Pos.Line != es[j].Pos.Line {
@@ -63,5 +68,27 @@ func (es Errors) sorted() Errors {
 		}
 		return es[i].Pos.Column < es[j].Pos.Column
 	})
-	return es
+	out := es[:0]
+	seen := map[[2]string]bool{}
+	for _, e := range es {
+		k := [2]string{e.Pos.String(), e.Msg}
+		if seen[k] && e.Pos.Line > 0 {
+			continue
+		}
+		seen[k] = true
+		out = append(out, e)
+	}
+	return out
+}
+
+// String formats a position as LINE:COLUMN, or LINE when the column is not
+// known, or "" for the zero Pos.
+func (p Pos) String() string {
+	switch {
+	case p.Line == 0:
+		return ""
+	case p.Column == 0:
+		return fmt.Sprint(p.Line)
+	}
+	return fmt.Sprintf("%d:%d", p.Line, p.Column)
 }

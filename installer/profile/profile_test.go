@@ -1,23 +1,71 @@
 package profile
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
 )
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testKey returns a new ed25519 private key in OpenSSH format, encrypted
+// with passphrase when it is not empty.
+func testKey(t *testing.T, passphrase string) []byte {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b *pem.Block
+	if passphrase == "" {
+		b, err = ssh.MarshalPrivateKey(priv, "test")
+	} else {
+		b, err = ssh.MarshalPrivateKeyWithPassphrase(priv, "test", []byte(passphrase))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(b)
+}
+
+// testPublicKey returns an authorized_keys line.
+func testPublicKey(t *testing.T) []byte {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ssh.MarshalAuthorizedKey(sp)
+}
+
+// testKnownHosts returns a known_hosts file with one host key line.
+func testKnownHosts(t *testing.T) []byte {
+	return append([]byte("# test hosts\n192.0.2.1 "), testPublicKey(t)...)
+}
 
 // writeProfile writes a profile and the files it names (key, known_hosts)
 // into a temp dir and returns the profile's path.
 func writeProfile(t *testing.T, body string) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, f := range []string{"id_test", "known_hosts"} {
-		if err := os.WriteFile(filepath.Join(dir, f), []byte("x\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFile(t, filepath.Join(dir, "id_test"), testKey(t, ""))
+	writeFile(t, filepath.Join(dir, "known_hosts"), testKnownHosts(t))
 	p := filepath.Join(dir, "cluster.yaml")
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
@@ -92,12 +140,12 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "port is text",
 			body: strings.Replace(validProfile, "    user: admin\n", "    user: admin\n    port: ssh\n", 1),
-			want: `cluster.yaml:8:11: spec.ssh.port: expected a whole number, got the value "ssh"`,
+			want: `cluster.yaml:8:11: spec.ssh.port: expected a whole number, got the text "ssh"`,
 		},
 		{
 			name: "unquoted number where a string is expected",
 			body: strings.Replace(validProfile, "name: s1", "name: 1", 1),
-			want: `cluster.yaml:11:13: spec.nodes[0].name: expected a string, got int "1"; quote it if you mean the text`,
+			want: `cluster.yaml:11:13: spec.nodes[0].name: expected text, got the number 1; quote it if you mean the text`,
 		},
 		{
 			name: "nodes is a mapping",
@@ -155,6 +203,16 @@ func TestLoadErrors(t *testing.T) {
 			want: `cluster.yaml:18:5: spec.mesh.subnet: mesh subnet 10.42.1.0/24 overlaps the pod network 10.42.0.0/16 (spec.rke2.clusterCIDR)`,
 		},
 		{
+			name: "mesh ssh source not a CIDR",
+			body: validProfile + "  mesh:\n    sshFrom: [192.0.2.0/24, 192.0.2.1/24]\n",
+			want: `cluster.yaml:18:29: spec.mesh.sshFrom[1]: expected an address or CIDR such as 192.0.2.10 or 192.0.2.0/24, got "192.0.2.1/24"`,
+		},
+		{
+			name: "mesh rotation time",
+			body: validProfile + "  mesh:\n    rotateKeysBefore: yesterday\n",
+			want: `cluster.yaml:18:5: spec.mesh.rotateKeysBefore: expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got "yesterday"`,
+		},
+		{
 			name: "mesh on calico's port",
 			body: validProfile + "  mesh:\n    port: 51820\n",
 			want: `cluster.yaml:18:5: spec.mesh.port: UDP 51820 is used by Calico's WireGuard; choose another port (default 51871)`,
@@ -187,12 +245,12 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "bad duration",
 			body: strings.Replace(validProfile, "    user: admin\n", "    user: admin\n    connectTimeout: 10\n", 1),
-			want: `cluster.yaml:8:21: spec.ssh.connectTimeout: expected a duration such as 30s or 5m, got "10"`,
+			want: `cluster.yaml:8:21: spec.ssh.connectTimeout: expected a duration such as 30s or 5m, got the number 10 (a number needs its unit)`,
 		},
 		{
 			name: "duplicate key",
 			body: strings.Replace(validProfile, "    user: admin\n", "    user: admin\n    user: root\n", 1),
-			want: `cluster.yaml:8:5: spec.ssh.user: field "user" appears twice`,
+			want: `cluster.yaml:8:5: spec.ssh.user: field "user" appears twice (first at line 7)`,
 		},
 		{
 			name: "netpol empty selector",

@@ -44,7 +44,7 @@ func schemaMapper(t reflect.Type) *jsonschema.Schema {
 	case reflect.TypeFor[map[int]string]():
 		return &jsonschema.Schema{
 			Type:                 "object",
-			PropertyNames:        &jsonschema.Schema{Pattern: `^[0-9]+$`},
+			PropertyNames:        &jsonschema.Schema{Pattern: `^[1-9][0-9]{0,4}$`},
 			AdditionalProperties: &jsonschema.Schema{Type: "string", Enum: []any{"TCP", "UDP", "SCTP"}},
 			Description:          "Port number to protocol, e.g. {8080: TCP}.",
 		}

@@ -61,6 +61,10 @@ func TestSchemaAgreesWithLoader(t *testing.T) {
 		validProfile + "status: {}\n",
 		strings.Replace(validProfile, "role: agent", "role: worker", 1),
 		strings.Replace(validProfile, "    user: admin\n", "    user: admin\n    port: ssh\n", 1),
+		strings.Replace(validProfile, "    user: admin\n", "    user: admin\n    port: 1.99\n", 1),
+		validProfile + "  calico:\n    mtu: 0\n",
+		withDisks("        - {device: /dev/vdb, allowFormat: y}\n"),
+		validProfile + "  netpol:\n    workloads:\n      - name: a\n        namespace: b\n        ingress:\n          x: {ipBlock: 10.0.0.0/8, ports: {\"+80\": TCP}}\n",
 	} {
 		if err := sch.Validate(yamlToJSON(t, []byte(bad))); err == nil {
 			t.Errorf("schema accepts a profile the loader rejects:\n%s", bad)

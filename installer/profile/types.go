@@ -62,6 +62,8 @@ type Spec struct {
 	Postgres Postgres `yaml:"postgres,omitempty"`
 	// NetPol declares the network openings through the default-deny policies.
 	NetPol NetPol `yaml:"netpol,omitempty"`
+	// Cluster says how cluster-level phases reach the Kubernetes API.
+	Cluster ClusterAccess `yaml:"cluster,omitempty"`
 	// State configures the git state repository.
 	State State `yaml:"state,omitempty"`
 }
@@ -161,6 +163,9 @@ type DiskEncryption struct {
 	Enabled *bool `yaml:"enabled,omitempty"`
 	// PCRs the TPM keyslot is bound to (default [7]).
 	PCRs []int `yaml:"pcrs,omitempty"`
+	// RecoveryGeneration is the generation every data disk's recovery passphrase must have (default 1):
+	// raising it makes the next apply rotate them (the new one is escrowed before the old keyslot is removed).
+	RecoveryGeneration int `yaml:"recoveryGeneration,omitempty"`
 }
 
 // Mesh configures the host WireGuard mesh.
@@ -173,6 +178,11 @@ type Mesh struct {
 	Port int `yaml:"port,omitempty" jsonschema:"minimum=1,maximum=65535"`
 	// Interface is the WireGuard device name (default wg-castellan).
 	Interface string `yaml:"interface,omitempty"`
+	// SSHFrom are the addresses or CIDRs allowed to reach the nodes' sshd on the underlay,
+	// besides the address each node sees the installer's connection come from.
+	SSHFrom []string `yaml:"sshFrom,omitempty"`
+	// RotateKeysBefore rotates every WireGuard key created before this time (RFC 3339).
+	RotateKeysBefore string `yaml:"rotateKeysBefore,omitempty"`
 }
 
 // ArtifactSource says where RKE2's release artifacts come from.
@@ -206,8 +216,8 @@ type RKE2 struct {
 type Calico struct {
 	// WireGuard encrypts pod traffic between nodes (default true).
 	WireGuard *bool `yaml:"wireguard,omitempty"`
-	// MTU for pod interfaces (default: derived from the underlay leaving room for both WireGuard layers).
-	MTU int `yaml:"mtu,omitempty" jsonschema:"minimum=0,maximum=9000"`
+	// MTU for pod interfaces, 1280 to 9000 bytes (default: derived from the underlay leaving room for both WireGuard layers).
+	MTU int `yaml:"mtu,omitempty" jsonschema:"minimum=1280,maximum=9000"`
 }
 
 // Keycloak configures OIDC.
@@ -268,6 +278,12 @@ type Database struct {
 type NetPol struct {
 	// Workloads each declare who may reach them and what they may reach.
 	Workloads []Workload `yaml:"workloads,omitempty"`
+	// WorkloadFiles are files beside the profile (glob patterns, relative to its directory),
+	// each declaring one workload: its name, namespace and podSelector, then its ingress and egress.
+	WorkloadFiles []string `yaml:"workloadFiles,omitempty"`
+	// Namespaces get the default-deny policy even though no workload is declared in them
+	// (every namespace that holds a workload gets it anyway).
+	Namespaces []string `yaml:"namespaces,omitempty"`
 }
 
 // Workload is a set of pods in one namespace with its declared openings.
@@ -292,7 +308,7 @@ type Opening struct {
 	PodSelector map[string]string `yaml:"podSelector,omitempty"`
 	// IPBlock is a peer CIDR.
 	IPBlock string `yaml:"ipBlock,omitempty"`
-	// Ports map a port number to its protocol (TCP, UDP or SCTP).
+	// Ports map a port number (1 to 65535, in decimal) to its protocol (TCP, UDP or SCTP).
 	Ports map[int]string `yaml:"ports" jsonschema:"required"`
 }
 

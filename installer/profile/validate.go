@@ -1,15 +1,14 @@
 package profile
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"filippo.io/age"
 	"filippo.io/age/agessh"
@@ -20,117 +19,130 @@ type ValidateOptions struct {
 	// AcceptNewHostKeys allows a known_hosts file that does not exist yet:
 	// it will be created with the keys the nodes offer.
 	AcceptNewHostKeys bool
-	// SkipFileChecks leaves out the checks that files named by the profile
-	// are readable (used for example profiles whose keys live elsewhere).
+	// SkipFileChecks leaves out every check of the installer's machine: the
+	// files the profile names (used for example profiles whose keys live
+	// elsewhere, and to find the state repo when keys are gone) and
+	// SSH_AUTH_SOCK.
 	SkipFileChecks bool
 }
+
+// FileTimeout bounds the reading of each file a profile names, and of the
+// profile itself.
+const FileTimeout = 10 * time.Second
 
 var (
 	dnsLabel    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	hostname    = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 	posixUser   = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
-	devicePath  = regexp.MustCompile(`^/dev/[A-Za-z0-9][A-Za-z0-9/_.:+-]*$`)
 	ifaceName   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,14}$`)
 	rke2Version = regexp.MustCompile(`^v1\.[0-9]+\.[0-9]+\+rke2r[0-9]+$`)
 	labelName   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
 	labelValue  = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
-	// systemMounts are mount points whose replacement would break the node.
-	systemMounts = []string{"/", "/boot", "/etc", "/usr", "/var", "/var/lib", "/home", "/root", "/tmp", "/proc", "/sys", "/dev", "/run"}
+	// zoneName is an IPv6 zone: a network interface name (Linux allows at
+	// most 15 bytes, no '/', ':' or whitespace; netdevice(7)) or an index.
+	zoneName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+	// kafkaTopic is Kafka's legal topic name (Topic.validate in Apache Kafka).
+	kafkaTopic = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)
 )
 
 // validator collects every problem of a profile.
 type validator struct {
-	p    *Profile
-	errs Errors
+	ctx   context.Context
+	p     *Profile
+	opts  ValidateOptions
+	errs  Errors
+	files map[string]fileResult // each file read once, by resolved path
 }
 
-func (v *validator) errf(path, format string, args ...any) {
-	v.errs = append(v.errs, &FieldError{File: v.p.File, Pos: v.p.posOf(path), Path: path, Msg: fmt.Sprintf(format, args...)})
+// errf records a problem with field, unless field (or a parent) already
+// failed to decode: that problem was reported, and its zero value says
+// nothing.
+func (v *validator) errf(field, format string, args ...any) {
+	if v.p.isBad(field) {
+		return
+	}
+	v.errs = append(v.errs, &FieldError{File: v.p.File, Pos: v.p.Position(field), Path: field, Msg: fmt.Sprintf(format, args...)})
 }
 
-// Validate checks the profile's meaning: names, addresses, duplicates, CIDR
-// overlaps, quorum, and that the files it names are readable. It touches no
-// node. Every problem is reported, each with file:line:column and field path.
+// Validate is ValidateContext without a context of its own; each file the
+// profile names is still read within FileTimeout.
 func (p *Profile) Validate(opts ValidateOptions) error {
-	v := &validator{p: p}
-	v.header()
-	v.ssh(opts)
-	v.nodes()
-	v.identity(opts)
-	v.diskEncryption()
-	v.networks()
-	v.rke2(opts)
-	v.services()
-	v.netpol()
-	v.state(opts)
-	if len(v.errs) > 0 {
-		return v.errs.sorted()
+	return p.ValidateContext(context.Background(), opts)
+}
+
+// ValidateContext checks the profile's meaning: names, addresses, duplicates,
+// CIDR overlaps, quorum, disks and mount points, and (unless
+// opts.SkipFileChecks) the files it names on this machine: each must be a
+// regular file of bounded size, read within FileTimeout while ctx lasts, and
+// hold what the field says (a private key, known_hosts lines, PEM
+// certificates). It touches no node. Every problem is reported, as Errors,
+// each with file:line:column and field path.
+func (p *Profile) ValidateContext(ctx context.Context, opts ValidateOptions) error {
+	if errs := p.validate(ctx, opts); len(errs) > 0 {
+		return errs.sorted()
 	}
 	return nil
+}
+
+func (p *Profile) validate(ctx context.Context, opts ValidateOptions) Errors {
+	v := &validator{ctx: ctx, p: p, opts: opts, files: map[string]fileResult{}}
+	v.header()
+	v.ssh()
+	v.nodes()
+	v.identity()
+	v.diskEncryption()
+	v.networks()
+	v.rke2()
+	v.calico()
+	v.services()
+	v.netpol()
+	v.clusterAccess()
+	v.state()
+	return v.errs
 }
 
 func (v *validator) header() {
 	c := v.p.Cluster
 	if c.APIVersion != APIVersion {
-		v.errf("apiVersion", "expected %q, got %q", APIVersion, c.APIVersion)
+		v.errf("apiVersion", "expected %s, got %s", quote(APIVersion), quote(c.APIVersion))
 	}
 	if c.Kind != Kind {
-		v.errf("kind", "expected %q, got %q", Kind, c.Kind)
+		v.errf("kind", "expected %s, got %s", quote(Kind), quote(c.Kind))
 	}
 	if !dnsLabel.MatchString(c.Metadata.Name) {
-		v.errf("metadata.name", "expected a DNS label (lowercase letters, digits and '-', at most 63 characters), got %q", c.Metadata.Name)
+		v.errf("metadata.name", "expected a DNS label (lowercase letters, digits and '-', at most 63 characters), got %s", quote(c.Metadata.Name))
 	}
 }
 
-func (v *validator) readable(field, file string, opts ValidateOptions, what string) {
-	if opts.SkipFileChecks || file == "" {
-		return
-	}
-	f, err := os.Open(v.p.Resolve(file))
-	if err != nil {
-		v.errf(field, "cannot read %s %s: %v", what, v.p.Resolve(file), unwrapPathErr(err))
-		return
-	}
-	f.Close()
-}
-
-func unwrapPathErr(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return pe.Err
-	}
-	return err
-}
-
-func (v *validator) ssh(opts ValidateOptions) {
+func (v *validator) ssh() {
 	s := v.p.Spec.SSH
 	if !posixUser.MatchString(s.User) {
-		v.errf("spec.ssh.user", "expected a user name (lowercase letters, digits, '_' and '-'), got %q", s.User)
+		v.errf("spec.ssh.user", "expected a user name (lowercase letters, digits, '_' and '-'), got %s", quote(s.User))
 	}
-	if s.KeyFile == "" && !s.Agent {
+	if s.KeyFile == "" && !s.Agent && !v.p.badUnder("spec.ssh.keyFile") && !v.p.isBad("spec.ssh.agent") {
 		v.errf("spec.ssh", "no credentials: set keyFile to a private key file, or agent: true to use ssh-agent")
 	}
-	v.readable("spec.ssh.keyFile", s.KeyFile, opts, "key file")
-	if s.Agent && s.KeyFile == "" && !opts.SkipFileChecks && os.Getenv("SSH_AUTH_SOCK") == "" {
-		v.errf("spec.ssh.agent", "agent: true but SSH_AUTH_SOCK is not set: start ssh-agent and add the key (ssh-add), or set keyFile")
+	v.keyFile("spec.ssh.keyFile", s.KeyFile, s.Agent)
+	if s.Agent {
+		v.agentSocket("spec.ssh.agent")
 	}
 	if s.KnownHosts == "" {
 		v.errf("spec.ssh.knownHosts", "required: the known_hosts file the nodes' host keys are checked against (host keys are never ignored)")
-	} else if !opts.SkipFileChecks {
-		if _, err := os.Stat(v.p.Resolve(s.KnownHosts)); err != nil {
-			if !(os.IsNotExist(err) && opts.AcceptNewHostKeys) {
-				v.errf("spec.ssh.knownHosts", "cannot read %s: %v; add the nodes' host keys to it (verified out of band), or run with --accept-new-host-keys to record them on first contact", v.p.Resolve(s.KnownHosts), unwrapPathErr(err))
-			}
-		}
+	} else {
+		v.knownHosts("spec.ssh.knownHosts", s.KnownHosts, v.opts.AcceptNewHostKeys)
 	}
 	if b := s.Bastion; b != nil {
 		v.address("spec.ssh.bastion.address", b.Address)
 		if !posixUser.MatchString(b.User) {
-			v.errf("spec.ssh.bastion.user", "expected a user name, got %q", b.User)
+			v.errf("spec.ssh.bastion.user", "expected a user name, got %s", quote(b.User))
 		}
 		if b.KeyFile == "" && !s.Agent {
 			v.errf("spec.ssh.bastion", "no credentials: set keyFile (or spec.ssh.keyFile, or spec.ssh.agent: true)")
 		}
-		v.readable("spec.ssh.bastion.keyFile", b.KeyFile, opts, "key file")
+		// A key file the bastion inherits is checked once, at spec.ssh.keyFile.
+		if v.p.Written("spec.ssh.bastion.keyFile") {
+			v.keyFile("spec.ssh.bastion.keyFile", b.KeyFile, s.Agent)
+		}
 		v.port("spec.ssh.bastion.port", b.Port)
 	}
 	v.port("spec.ssh.port", s.Port)
@@ -147,13 +159,19 @@ func (v *validator) address(field, addr string) {
 		v.errf(field, "required: an IP address or DNS name")
 		return
 	}
-	if _, err := netip.ParseAddr(addr); err == nil {
+	if ip, err := netip.ParseAddr(addr); err == nil {
+		switch z := ip.Zone(); {
+		case z != "" && !zoneName.MatchString(z):
+			v.errf(field, "the IPv6 zone %s is not a network interface name (at most 15 letters, digits, '-', '_' or '.'), in %s", quote(z), quote(addr))
+		case ip.IsUnspecified() || ip.IsMulticast() || ip.Unmap() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			v.errf(field, "%s is not the address of one machine; give the node's own address", ip)
+		}
 		return
 	}
 	// An all-numeric last label is a mistyped IP address, not a DNS name.
 	last := addr[strings.LastIndexByte(addr, '.')+1:]
 	if !hostname.MatchString(addr) || len(addr) > 253 || strings.Trim(last, "0123456789") == "" {
-		v.errf(field, "expected an IP address or DNS name, got %q", addr)
+		v.errf(field, "expected an IP address or DNS name, got %s", quote(addr))
 	}
 }
 
@@ -165,37 +183,47 @@ func (v *validator) nodes() {
 	}
 	names := map[string]int{}
 	addrs := map[string]int{}
-	servers := 0
+	servers, rolesKnown := 0, true
 	for i, n := range nodes {
 		base := fmt.Sprintf("spec.nodes[%d]", i)
 		if !dnsLabel.MatchString(n.Name) {
-			v.errf(base+".name", "expected a DNS label (lowercase letters, digits and '-', at most 63 characters), got %q", n.Name)
+			v.errf(base+".name", "expected a DNS label (lowercase letters, digits and '-', at most 63 characters), got %s", quote(n.Name))
 		} else if j, dup := names[n.Name]; dup {
-			v.errf(base+".name", "node name %q is already used by spec.nodes[%d]", n.Name, j)
+			v.errf(base+".name", "node name %s is already used by spec.nodes[%d]", quote(n.Name), j)
 		} else {
 			names[n.Name] = i
 		}
 		v.address(base+".address", n.Address)
-		v.port(base+".port", n.Port)
-		key := net.JoinHostPort(canonicalAddr(n.Address), fmt.Sprint(n.Port))
-		if j, dup := addrs[key]; dup && n.Address != "" {
-			v.errf(base+".address", "address %s is already used by spec.nodes[%d] (%s)", key, j, nodes[j].Name)
-		} else {
-			addrs[key] = i
+		// A port inherited from spec.ssh.port is reported there.
+		if v.p.Written(base+".port") || !v.p.Written("spec.ssh.port") {
+			v.port(base+".port", n.Port)
 		}
-		switch n.Role {
-		case RoleServer:
+		if n.Address != "" && !v.p.isBad(base+".address") && !v.p.isBad(base+".port") {
+			key := net.JoinHostPort(canonicalAddr(n.Address), fmt.Sprint(n.Port))
+			if j, dup := addrs[key]; dup {
+				v.errf(base+".address", "address %s is already used by spec.nodes[%d] (%s)", key, j, nodes[j].Name)
+			} else {
+				addrs[key] = i
+			}
+		}
+		switch {
+		case v.p.isBad(base + ".role"):
+			rolesKnown = false
+		case n.Role == RoleServer:
 			servers++
-		case RoleAgent:
+		case n.Role == RoleAgent:
 		default:
-			v.errf(base+".role", "expected server or agent, got %q", n.Role)
+			v.errf(base+".role", "expected server or agent, got %s", quote(string(n.Role)))
+			rolesKnown = false
 		}
 		v.disks(base, n.DataDisks)
 		v.labels(base+".labels", n.Labels)
 	}
-	if servers == 0 {
+	switch {
+	case !rolesKnown:
+	case servers == 0:
 		v.errf("spec.nodes", "no node has role server; at least one server is needed for the control plane")
-	} else if servers%2 == 0 {
+	case servers%2 == 0:
 		v.errf("spec.nodes", "%d servers: etcd needs an odd number of servers to keep quorum (1, 3 or 5); make one an agent or add one", servers)
 	}
 }
@@ -207,47 +235,20 @@ func canonicalAddr(a string) string {
 	return strings.ToLower(a)
 }
 
-func (v *validator) disks(base string, disks []DataDisk) {
-	devices := map[string]int{}
-	mounts := map[string]int{}
-	for j, d := range disks {
-		p := fmt.Sprintf("%s.dataDisks[%d]", base, j)
-		if !devicePath.MatchString(d.Device) || strings.Contains(d.Device, "..") {
-			v.errf(p+".device", "expected a block device path under /dev (letters, digits and /_.:+-), got %q", d.Device)
-		} else if k, dup := devices[d.Device]; dup {
-			v.errf(p+".device", "device %s is already listed as dataDisks[%d]", d.Device, k)
-		} else {
-			devices[d.Device] = j
-		}
-		mp := d.MountPoint
-		switch {
-		case !path.IsAbs(mp) || path.Clean(mp) != mp || strings.ContainsAny(mp, " \t\n'\"\\$`"):
-			v.errf(p+".mountPoint", "expected a clean absolute path without spaces or quotes, got %q", mp)
-		case slices.Contains(systemMounts, mp):
-			v.errf(p+".mountPoint", "%s is a system directory; choose a dedicated path such as %s", mp, path.Join(DefaultDataMountRoot, path.Base(d.Device)))
-		default:
-			if k, dup := mounts[mp]; dup {
-				v.errf(p+".mountPoint", "mount point %s is already used by dataDisks[%d]", mp, k)
-			}
-			mounts[mp] = j
-		}
-	}
-}
-
 func (v *validator) labels(field string, labels map[string]string) {
 	for _, k := range sortedKeys(labels) {
 		name := k
 		if prefix, n, ok := strings.Cut(k, "/"); ok {
 			name = n
 			if !hostname.MatchString(prefix) {
-				v.errf(field+"."+k, "label prefix %q must be a DNS subdomain", prefix)
+				v.errf(field+"."+k, "label prefix %s must be a DNS subdomain", quote(prefix))
 			}
 		}
 		if !labelName.MatchString(name) {
-			v.errf(field+"."+k, "label name %q: expected at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric", name)
+			v.errf(field+"."+k, "label name %s: expected at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric", quote(name))
 		}
 		if !labelValue.MatchString(labels[k]) {
-			v.errf(field+"."+k, "label value %q: expected at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric", labels[k])
+			v.errf(field+"."+k, "label value %s: expected at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric", quote(labels[k]))
 		}
 	}
 }
@@ -261,26 +262,36 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-func (v *validator) identity(opts ValidateOptions) {
+func (v *validator) identity() {
 	id := v.p.Spec.Identity
 	if id.TPM != TPMRequired && id.TPM != TPMInsecureSkip {
-		v.errf("spec.identity.tpm", "expected required or insecure-skip, got %q", id.TPM)
+		v.errf("spec.identity.tpm", "expected required or insecure-skip, got %s", quote(string(id.TPM)))
 	}
 	for i, f := range id.EKCACertificates {
-		v.readable(fmt.Sprintf("spec.identity.ekCACertificates[%d]", i), f, opts, "EK CA certificate")
+		v.certificates(fmt.Sprintf("spec.identity.ekCACertificates[%d]", i), f)
 	}
 }
 
 func (v *validator) diskEncryption() {
+	pcrs := v.p.Spec.DiskEncryption.PCRs
+	if len(pcrs) == 0 && !v.p.badUnder("spec.diskEncryption.pcrs") {
+		v.errf("spec.diskEncryption.pcrs", "an empty list would bind the disks' TPM keyslot to no PCR, so any boot chain unlocks them; name PCRs, or leave pcrs out for the default %v", DefaultPCRs)
+	}
 	seen := map[int]bool{}
-	for i, pcr := range v.p.Spec.DiskEncryption.PCRs {
+	for i, pcr := range pcrs {
 		field := fmt.Sprintf("spec.diskEncryption.pcrs[%d]", i)
+		if v.p.isBad(field) {
+			continue
+		}
 		if pcr < 0 || pcr > 23 {
 			v.errf(field, "expected a PCR index between 0 and 23, got %d", pcr)
 		} else if seen[pcr] {
 			v.errf(field, "PCR %d is listed twice", pcr)
 		}
 		seen[pcr] = true
+	}
+	if g := v.p.Spec.DiskEncryption.RecoveryGeneration; g < 1 && !v.p.isBad("spec.diskEncryption.recoveryGeneration") {
+		v.errf("spec.diskEncryption.recoveryGeneration", "expected a generation of 1 or more, got %d; raise it by one to rotate every data disk's recovery passphrase", g)
 	}
 }
 
@@ -296,7 +307,7 @@ func (v *validator) networks() {
 	parse := func(field, name, cidr string) {
 		pfx, err := netip.ParsePrefix(cidr)
 		if err != nil {
-			v.errf(field, "expected a CIDR such as 10.99.0.0/24, got %q", cidr)
+			v.errf(field, "expected a CIDR such as 10.99.0.0/24, got %s", quote(cidr))
 			return
 		}
 		if pfx.Masked() != pfx {
@@ -312,7 +323,17 @@ func (v *validator) networks() {
 			v.errf("spec.mesh.port", "UDP %d is used by Calico's WireGuard; choose another port (default %d)", s.Mesh.Port, DefaultMeshPort)
 		}
 		if !ifaceName.MatchString(s.Mesh.Interface) || strings.HasPrefix(s.Mesh.Interface, "wireguard") {
-			v.errf("spec.mesh.interface", "expected an interface name of at most 15 letters, digits, '-' or '_', not Calico's wireguard.*; got %q", s.Mesh.Interface)
+			v.errf("spec.mesh.interface", "expected an interface name of at most 15 letters, digits, '-' or '_', not Calico's wireguard.*; got %s", quote(s.Mesh.Interface))
+		}
+		for i, src := range s.Mesh.SSHFrom {
+			if _, err := MeshSSHSource(src); err != nil {
+				v.errf(fmt.Sprintf("spec.mesh.sshFrom[%d]", i), "expected an address or CIDR such as 192.0.2.10 or 192.0.2.0/24, got %q", src)
+			}
+		}
+		if r := s.Mesh.RotateKeysBefore; r != "" {
+			if _, err := time.Parse(time.RFC3339, r); err != nil {
+				v.errf("spec.mesh.rotateKeysBefore", "expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got %q", r)
+			}
 		}
 	}
 	parse("spec.rke2.clusterCIDR", "pod network", s.RKE2.ClusterCIDR)
@@ -350,10 +371,10 @@ func (v *validator) networks() {
 	}
 }
 
-func (v *validator) rke2(opts ValidateOptions) {
+func (v *validator) rke2() {
 	r := v.p.Spec.RKE2
 	if r.Version != "" && !rke2Version.MatchString(r.Version) {
-		v.errf("spec.rke2.version", "expected an RKE2 release such as v1.33.5+rke2r1, got %q", r.Version)
+		v.errf("spec.rke2.version", "expected an RKE2 release such as v1.33.5+rke2r1, got %s", quote(r.Version))
 	}
 	switch r.Artifacts {
 	case ArtifactsOnline:
@@ -363,19 +384,30 @@ func (v *validator) rke2(opts ValidateOptions) {
 	case ArtifactsAirgap:
 		if r.ArtifactsDir == "" {
 			v.errf("spec.rke2.artifactsDir", "required with artifacts: airgap: a directory with the release tarball, image archives and sha256sum file")
-		} else if !opts.SkipFileChecks {
-			if fi, err := os.Stat(v.p.Resolve(r.ArtifactsDir)); err != nil || !fi.IsDir() {
-				v.errf("spec.rke2.artifactsDir", "%s is not a readable directory", v.p.Resolve(r.ArtifactsDir))
-			}
+		} else {
+			v.directory("spec.rke2.artifactsDir", r.ArtifactsDir, "artifacts directory")
 		}
 	default:
-		v.errf("spec.rke2.artifacts", "expected online or airgap, got %q", r.Artifacts)
+		v.errf("spec.rke2.artifacts", "expected online or airgap, got %s", quote(string(r.Artifacts)))
 	}
 	if r.TLSMinVersion != "1.2" && r.TLSMinVersion != "1.3" {
-		v.errf("spec.rke2.tlsMinVersion", "expected \"1.3\" (default) or \"1.2\", got %q", r.TLSMinVersion)
+		v.errf("spec.rke2.tlsMinVersion", "expected \"1.3\" (default) or \"1.2\", got %s", quote(r.TLSMinVersion))
 	}
 	if r.SecretsEncryptionProvider != "aescbc" && r.SecretsEncryptionProvider != "secretbox" {
-		v.errf("spec.rke2.secretsEncryptionProvider", "expected aescbc or secretbox, got %q", r.SecretsEncryptionProvider)
+		v.errf("spec.rke2.secretsEncryptionProvider", "expected aescbc or secretbox, got %s", quote(r.SecretsEncryptionProvider))
+	}
+}
+
+// Calico's MTU bounds: IPv6 needs 1280 on every link (RFC 8200 §5), and
+// jumbo frames end at 9000.
+const (
+	minMTU = 1280
+	maxMTU = 9000
+)
+
+func (v *validator) calico() {
+	if mtu := v.p.Spec.Calico.MTU; v.p.Written("spec.calico.mtu") && (mtu < minMTU || mtu > maxMTU) {
+		v.errf("spec.calico.mtu", "expected an MTU between %d and %d bytes, got %d; leave mtu out to derive it from the underlay", minMTU, maxMTU, mtu)
 	}
 }
 
@@ -385,17 +417,17 @@ func (v *validator) services() {
 		if s.Keycloak.Hostname == "" {
 			v.errf("spec.keycloak.hostname", "required when keycloak is enabled: the DNS name Keycloak is served at")
 		} else if !hostname.MatchString(s.Keycloak.Hostname) {
-			v.errf("spec.keycloak.hostname", "expected a DNS name, got %q", s.Keycloak.Hostname)
+			v.errf("spec.keycloak.hostname", "expected a DNS name, got %s", quote(s.Keycloak.Hostname))
 		}
 	}
 	if s.Keycloak.Enabled && !dnsLabel.MatchString(s.Keycloak.Realm) {
-		v.errf("spec.keycloak.realm", "expected a DNS label, got %q", s.Keycloak.Realm)
+		v.errf("spec.keycloak.realm", "expected a DNS label, got %s", quote(s.Keycloak.Realm))
 	}
 	groups := map[string]bool{}
 	for i, g := range s.Keycloak.Groups {
 		f := fmt.Sprintf("spec.keycloak.groups[%d]", i)
 		if g.Name == "" || groups[g.Name] {
-			v.errf(f+".name", "expected a unique group name, got %q", g.Name)
+			v.errf(f+".name", "expected a unique group name, got %s", quote(g.Name))
 		}
 		groups[g.Name] = true
 		switch g.Role {
@@ -408,11 +440,11 @@ func (v *validator) services() {
 				v.errf(f+".namespaces", "a developer group needs the namespaces it may use")
 			}
 		default:
-			v.errf(f+".role", "expected admin, operator or developer, got %q", g.Role)
+			v.errf(f+".role", "expected admin, operator or developer, got %s", quote(string(g.Role)))
 		}
 		for j, ns := range g.Namespaces {
 			if !dnsLabel.MatchString(ns) {
-				v.errf(fmt.Sprintf("%s.namespaces[%d]", f, j), "expected a namespace name, got %q", ns)
+				v.errf(fmt.Sprintf("%s.namespaces[%d]", f, j), "expected a namespace name, got %s", quote(ns))
 			}
 		}
 	}
@@ -420,53 +452,39 @@ func (v *validator) services() {
 	for i, u := range s.Kafka.Users {
 		f := fmt.Sprintf("spec.kafka.users[%d].name", i)
 		if !dnsLabel.MatchString(u.Name) || users[u.Name] {
-			v.errf(f, "expected a unique DNS label, got %q", u.Name)
+			v.errf(f, "expected a unique DNS label, got %s", quote(u.Name))
 		}
 		users[u.Name] = true
+		for j, t := range u.Topics {
+			if !kafkaTopic.MatchString(t) {
+				v.errf(fmt.Sprintf("spec.kafka.users[%d].topics[%d]", i, j), "expected a Kafka topic name (at most 249 letters, digits, '.', '_' or '-'), got %s", quote(t))
+			}
+		}
 	}
 	dbs := map[string]bool{}
 	for i, d := range s.Postgres.Databases {
 		f := fmt.Sprintf("spec.postgres.databases[%d]", i)
 		if !posixUser.MatchString(d.Name) || dbs[d.Name] {
-			v.errf(f+".name", "expected a unique database name (lowercase letters, digits, '_'), got %q", d.Name)
+			v.errf(f+".name", "expected a unique database name (lowercase letters, digits, '_'), got %s", quote(d.Name))
 		}
 		dbs[d.Name] = true
 		if !posixUser.MatchString(d.Owner) {
-			v.errf(f+".owner", "expected a role name (lowercase letters, digits, '_'), got %q", d.Owner)
+			v.errf(f+".owner", "expected a role name (lowercase letters, digits, '_'), got %s", quote(d.Owner))
 		}
 	}
 }
 
 func (v *validator) netpol() {
-	names := map[string]bool{}
-	for i, w := range v.p.Spec.NetPol.Workloads {
-		f := fmt.Sprintf("spec.netpol.workloads[%d]", i)
-		if !dnsLabel.MatchString(w.Name) {
-			v.errf(f+".name", "expected a DNS label, got %q", w.Name)
-		}
-		if !dnsLabel.MatchString(w.Namespace) {
-			v.errf(f+".namespace", "expected a namespace name, got %q", w.Namespace)
-		}
-		key := w.Namespace + "/" + w.Name
-		if names[key] {
-			v.errf(f+".name", "workload %s is declared twice", key)
-		}
-		names[key] = true
-		v.labels(f+".podSelector", w.PodSelector)
-		for _, dir := range []struct {
-			name string
-			ops  map[string]Opening
-		}{{"ingress", w.Ingress}, {"egress", w.Egress}} {
-			for _, name := range sortedKeys(dir.ops) {
-				v.opening(f+"."+dir.name+"."+name, name, dir.ops[name])
-			}
-		}
+	seen := v.inlineWorkloads()
+	if !v.opts.SkipFileChecks {
+		v.netpolFiles(seen)
 	}
+	v.netpolNamespaces()
 }
 
 func (v *validator) opening(f, name string, o Opening) {
 	if !dnsLabel.MatchString(name) {
-		v.errf(f, "opening name %q must be a DNS label; it names the NetworkPolicy", name)
+		v.errf(f, "opening name %s must be a DNS label; it names the NetworkPolicy", quote(name))
 	}
 	hasSel := o.NamespaceSelector != nil || o.PodSelector != nil
 	if o.IPBlock != "" {
@@ -475,7 +493,7 @@ func (v *validator) opening(f, name string, o Opening) {
 		}
 		pfx, err := netip.ParsePrefix(o.IPBlock)
 		if err != nil || pfx.Masked() != pfx {
-			v.errf(f+".ipBlock", "expected a CIDR such as 10.43.0.10/32, got %q", o.IPBlock)
+			v.errf(f+".ipBlock", "expected a CIDR such as 10.43.0.10/32, got %s", quote(o.IPBlock))
 		}
 	} else if !hasSel {
 		v.errf(f, "no peer: set namespaceSelector and/or podSelector, or ipBlock")
@@ -505,16 +523,14 @@ func (v *validator) opening(f, name string, o Opening) {
 		switch o.Ports[p] {
 		case "TCP", "UDP", "SCTP":
 		default:
-			v.errf(pf, "expected protocol TCP, UDP or SCTP, got %q", o.Ports[p])
+			v.errf(pf, "expected protocol TCP, UDP or SCTP, got %s", quote(o.Ports[p]))
 		}
 	}
 }
 
-func (v *validator) state(opts ValidateOptions) {
+func (v *validator) state() {
 	st := v.p.Spec.State
-	if strings.ContainsAny(st.Repo, "\n\x00") {
-		v.errf("spec.state.repo", "expected a directory path, got %q", st.Repo)
-	}
+	v.stateRepo("spec.state.repo", st.Repo)
 	for i, r := range st.Recipients {
 		if _, err := ParseRecipient(r); err != nil {
 			v.errf(fmt.Sprintf("spec.state.recipients[%d]", i), "%v", err)
@@ -522,10 +538,15 @@ func (v *validator) state(opts ValidateOptions) {
 	}
 	if r := st.Remote; r != nil {
 		if !sshURL.MatchString(r.URL) {
-			v.errf("spec.state.remote.url", "expected an SSH URL such as ssh://git@git.example.org/platform/state.git or git@git.example.org:platform/state.git, got %q", r.URL)
+			v.errf("spec.state.remote.url", "expected an SSH URL such as ssh://git@git.example.org/platform/state.git or git@git.example.org:platform/state.git, got %s", quote(r.URL))
 		}
-		v.readable("spec.state.remote.keyFile", r.KeyFile, opts, "key file")
-		v.readable("spec.state.remote.knownHosts", r.KnownHosts, opts, "known_hosts file")
+		// Files the remote inherits from spec.ssh are checked there.
+		if v.p.Written("spec.state.remote.keyFile") {
+			v.keyFile("spec.state.remote.keyFile", r.KeyFile, v.p.Spec.SSH.Agent)
+		}
+		if v.p.Written("spec.state.remote.knownHosts") {
+			v.knownHosts("spec.state.remote.knownHosts", r.KnownHosts, false)
+		}
 	}
 }
 
@@ -549,4 +570,21 @@ func ParseRecipient(s string) (age.Recipient, error) {
 		return r, nil
 	}
 	return nil, fmt.Errorf("expected an age recipient (age1...) or an SSH public key (ssh-ed25519 ...)")
+}
+
+// MeshSSHSource parses an entry of spec.mesh.sshFrom: an address (a single
+// host) or a CIDR without host bits.
+func MeshSSHSource(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("%s has host bits set", s)
+	}
+	return p, nil
 }

@@ -1,13 +1,15 @@
 // Package report renders a run for people and machines: the headless
 // printer turns the engine's event stream into text lines (with per-node
 // prefixes) or JSON lines, and summaries render plans, run results and
-// history.
+// history. Whatever came from a profile or a node is escaped: no control
+// character reaches the terminal or a JSON line raw.
 package report
 
 import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -34,15 +36,23 @@ func ParseFormat(s string) (Format, error) {
 }
 
 // Printer is an engine.Sink that writes events as they happen.
+//
+// Text: one line per event worth a line: a node's error in full the first
+// time (later lines refer to it), warnings, changes about to be applied,
+// steps done, phases and the run ending. Nodes interrupted by Ctrl-C are
+// counted in one line per phase, not one line each.
+//
+// JSON: every event as one JSON object per line (engine.Event's fields).
 type Printer struct {
 	mu     sync.Mutex
 	w      io.Writer
 	format Format
-	// Verbose also prints step starts and every progress percent.
-	Verbose bool
-	width   int // node column width
-	lastPct map[string]int64
-	now     func() time.Time
+	// Verbose also prints step starts, the observation of each node and
+	// every progress percent.
+	Verbose     bool
+	width       int // node column width
+	lastPct     map[string]int64
+	interrupted map[string][]string // phase -> nodes stopped by an abort
 }
 
 // NewPrinter writes events to w. nodes are the run's node names (they size
@@ -50,9 +60,9 @@ type Printer struct {
 func NewPrinter(w io.Writer, format Format, nodes []string) *Printer {
 	width := 7 // "cluster"
 	for _, n := range nodes {
-		width = max(width, len(n))
+		width = max(width, len([]rune(Clean(n))))
 	}
-	return &Printer{w: w, format: format, width: width, lastPct: map[string]int64{}, now: time.Now}
+	return &Printer{w: w, format: format, width: width, lastPct: map[string]int64{}, interrupted: map[string][]string{}}
 }
 
 // Emit implements engine.Sink.
@@ -62,88 +72,118 @@ func (p *Printer) Emit(e engine.Event) {
 	if p.format == JSON {
 		data, err := json.Marshal(e)
 		if err == nil {
-			fmt.Fprintf(p.w, "%s\n", data)
+			fmt.Fprintf(p.w, "%s\n", EscapeJSON(data))
 		}
 		return
 	}
-	line, ok := p.text(e)
-	if ok {
+	if line, ok := p.text(e); ok {
 		fmt.Fprintln(p.w, line)
 	}
 }
 
 // text renders one event as a line, or says it is not worth a line.
 func (p *Printer) text(e engine.Event) (string, bool) {
-	prefix := fmt.Sprintf("%-11s %-*s ", e.Phase, p.width, e.Node)
-	if e.Phase == "" && e.Node == "" {
-		prefix = ""
+	prefix := ""
+	if e.Phase != "" || e.Node != "" {
+		phase := e.Phase
+		if phase == "" {
+			phase = "-"
+		}
+		prefix = fmt.Sprintf("%-11s %-*s ", Clean(phase), p.width, Clean(e.Node))
 	}
-	msg := e.Message
-	switch e.Status {
-	case engine.StatusStarted:
-		switch {
-		case e.Phase == "" && e.Node == "":
-			return "run " + e.Run + ": " + msg, true
-		case e.Node == "" && e.Step == "":
-			return prefix + "started", true
-		case e.Step == "plan":
-			return "", false
-		default:
-			return prefix + e.Step + "...", p.Verbose
-		}
-	case engine.StatusProgress:
-		if e.Total <= 0 {
-			return "", false
-		}
-		pct := e.Done * 100 / e.Total
-		key := e.Phase + "/" + e.Node + "/" + e.Step
-		step := int64(25)
-		if p.Verbose {
-			step = 1
-		}
-		if last, seen := p.lastPct[key]; seen && pct/step == last/step && e.Done != e.Total {
-			return "", false
-		}
-		if e.Done == e.Total && p.lastPct[key] == 100 {
-			return "", false
-		}
-		p.lastPct[key] = pct
-		return fmt.Sprintf("%s%s %3d%% (%s of %s)", prefix, e.Step, pct, Bytes(e.Done), Bytes(e.Total)), true
-	case engine.StatusDone:
-		what := "done"
-		if e.Step != "" && e.Step != "plan" {
-			what = e.Step + " done"
-		}
-		if e.Step == "plan" {
-			return "", false
-		}
-		if msg != "" {
-			what += ": " + msg
-		}
-		if e.Phase == "" && e.Node == "" {
-			return fmt.Sprintf("run %s %s (%s)", e.Run, what, Duration(e.Elapsed)), true
-		}
-		return fmt.Sprintf("%s%s (%s)", prefix, what, Duration(e.Elapsed)), true
-	case engine.StatusFailed:
-		what := "FAILED"
-		if e.Step != "" {
-			what = e.Step + " FAILED"
-		}
-		if e.Phase == "" && e.Node == "" {
-			return fmt.Sprintf("run %s FAILED: %s", e.Run, indent(msg)), true
-		}
-		return fmt.Sprintf("%s%s: %s", prefix, what, indent(msg)), true
-	case engine.StatusSkipped:
-		return prefix + msg, true
-	case engine.StatusWarning:
-		return prefix + "warning: " + msg, true
-	case engine.StatusInfo:
-		if e.Step == "plan" {
-			return prefix + "will " + msg, true
+	msg := indent(Clean(e.Message))
+	switch e.Kind {
+	case engine.KindRun:
+		return p.runLine(e, msg)
+	case engine.KindPhase:
+		return p.phaseLine(e, prefix, msg)
+	case engine.KindChange:
+		// Planned changes are printed as a plan; the ones about to be
+		// applied, as they go.
+		return prefix + "will " + msg, e.Step == engine.StepApply
+	case engine.KindStep:
+		return p.stepLine(e, prefix, msg)
+	case engine.KindProgress:
+		return p.progressLine(e, prefix)
+	case engine.KindMessage:
+		if e.Status == engine.StatusWarning {
+			return prefix + "warning: " + msg, true
 		}
 		return prefix + msg, true
 	}
 	return prefix + string(e.Status) + " " + msg, true
+}
+
+func (p *Printer) runLine(e engine.Event, msg string) (string, bool) {
+	name := "run " + Clean(e.Run)
+	if e.Run == "plan" {
+		name = "plan"
+	}
+	switch e.Status {
+	case engine.StatusStarted:
+		return name + ": " + msg, true
+	case engine.StatusDone:
+		return fmt.Sprintf("%s done: %s (%s)", name, msg, Duration(e.Elapsed)), true
+	case engine.StatusInterrupted:
+		return fmt.Sprintf("%s INTERRUPTED: %s", name, msg), true
+	default:
+		return fmt.Sprintf("%s FAILED: %s", name, msg), true
+	}
+}
+
+func (p *Printer) phaseLine(e engine.Event, prefix, msg string) (string, bool) {
+	switch e.Status {
+	case engine.StatusStarted:
+		return prefix + "started", p.Verbose
+	case engine.StatusPlanned:
+		return prefix + "planned: " + msg, p.Verbose
+	case engine.StatusSkipped:
+		return prefix + msg, true
+	case engine.StatusDone:
+		return fmt.Sprintf("%sdone: %s (%s)", prefix, msg, Duration(e.Elapsed)), true
+	case engine.StatusInterrupted:
+		line := prefix + "INTERRUPTED"
+		if nodes := p.interrupted[e.Phase]; len(nodes) > 0 {
+			line += fmt.Sprintf(": %d node(s) stopped mid-step", len(nodes))
+			delete(p.interrupted, e.Phase)
+		}
+		return line, true
+	default:
+		return prefix + "FAILED: " + msg, true
+	}
+}
+
+func (p *Printer) stepLine(e engine.Event, prefix, msg string) (string, bool) {
+	step := Clean(e.Step)
+	switch e.Status {
+	case engine.StatusStarted:
+		return prefix + step + "...", p.Verbose
+	case engine.StatusDone:
+		return fmt.Sprintf("%s%s done (%s)", prefix, step, Duration(e.Elapsed)), p.Verbose || e.Step != engine.StepObserve
+	case engine.StatusInterrupted:
+		p.interrupted[e.Phase] = append(p.interrupted[e.Phase], e.Node)
+		return "", false
+	default:
+		return fmt.Sprintf("%s%s FAILED: %s", prefix, step, msg), true
+	}
+}
+
+func (p *Printer) progressLine(e engine.Event, prefix string) (string, bool) {
+	if e.Total <= 0 {
+		return "", false
+	}
+	pct := e.Done * 100 / e.Total
+	key := e.Phase + "/" + e.Node + "/" + e.Step
+	step := int64(25)
+	if p.Verbose {
+		step = 1
+	}
+	last, seen := p.lastPct[key]
+	if seen && (pct/step == last/step && e.Done != e.Total || e.Done == e.Total && last == 100) {
+		return "", false
+	}
+	p.lastPct[key] = pct
+	return fmt.Sprintf("%s%s %3d%% (%s of %s)", prefix, Clean(e.Step), pct, Bytes(e.Done), Bytes(e.Total)), true
 }
 
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n    ") }
@@ -170,4 +210,14 @@ func Duration(d time.Duration) string {
 		return d.Round(100 * time.Millisecond).String()
 	}
 	return d.Round(time.Millisecond).String()
+}
+
+// sortedKeys returns a map's keys, sorted.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -10,38 +10,46 @@ import (
 	"castellan/installer/state"
 )
 
-// WritePlan renders plans per phase and node.
-func WritePlan(w io.Writer, plans []engine.Plan) {
+// WritePlan renders plans per phase and node, and the phases that could not
+// plan (failed, by name: their errors were reported as events).
+func WritePlan(w io.Writer, plans []engine.Plan, failed ...string) {
 	changes := 0
 	for _, p := range plans {
 		changes += len(p.Changes)
 		if p.Empty() {
-			fmt.Fprintf(w, "%s: nothing to do\n", p.Phase)
+			fmt.Fprintf(w, "%s: nothing to do\n", Clean(p.Phase))
 		} else {
-			fmt.Fprintf(w, "%s:\n", p.Phase)
+			fmt.Fprintf(w, "%s:\n", Clean(p.Phase))
 			for _, c := range p.Changes {
 				node := c.Node
 				if node == "" {
 					node = "cluster"
 				}
-				fmt.Fprintf(w, "  %s: %s\n", node, c.Summary)
+				fmt.Fprintf(w, "  %s: %s\n", Clean(node), indent(Clean(c.Summary)))
 				if c.Detail != "" {
-					fmt.Fprintf(w, "    %s\n", strings.ReplaceAll(strings.TrimRight(c.Detail, "\n"), "\n", "\n    "))
+					fmt.Fprintf(w, "    %s\n", strings.ReplaceAll(Clean(strings.TrimRight(c.Detail, "\n")), "\n", "\n    "))
 				}
 			}
 		}
 		for _, n := range p.Notes {
-			fmt.Fprintf(w, "  note: %s\n", n)
+			fmt.Fprintf(w, "  note: %s\n", indent(Clean(n)))
 		}
 	}
-	if changes == 0 {
+	for _, f := range failed {
+		fmt.Fprintf(w, "%s: could not plan (see the errors above)\n", Clean(f))
+	}
+	switch {
+	case len(failed) > 0:
+		fmt.Fprintf(w, "%d change(s) planned; %d phase(s) could not plan.\n", changes, len(failed))
+	case changes == 0:
 		fmt.Fprintln(w, "No changes: the nodes match the profile.")
-	} else {
+	default:
 		fmt.Fprintf(w, "%d change(s) planned.\n", changes)
 	}
 }
 
-// WriteSummary renders what a run did: per phase, per node.
+// WriteSummary renders what a run did: per phase, per node. Errors were
+// printed in full as the run went; the summary names the failed nodes.
 func WriteSummary(w io.Writer, rec *state.Record, stateDir string, commit string) {
 	verb := rec.Command
 	if rec.Command == "rollback" {
@@ -50,10 +58,12 @@ func WriteSummary(w io.Writer, rec *state.Record, stateDir string, commit string
 	fmt.Fprintf(w, "\nSummary of run %d (%s): %s in %s\n", rec.Number, verb, strings.ToUpper(string(rec.Outcome)), Duration(rec.Duration))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	header := []string{"PHASE", "RESULT"}
-	header = append(header, rec.Nodes...)
+	for _, n := range rec.Nodes {
+		header = append(header, Clean(n))
+	}
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
 	for _, p := range rec.Phases {
-		row := []string{p.Name, string(p.Outcome)}
+		row := []string{Clean(p.Name), string(p.Outcome)}
 		for _, n := range rec.Nodes {
 			o := p.Nodes[n]
 			if o == "" {
@@ -73,35 +83,41 @@ func WriteSummary(w io.Writer, rec *state.Record, stateDir string, commit string
 			if node == "" {
 				node = "cluster"
 			}
-			fmt.Fprintf(w, "  %s %s: %s\n", p.Name, node, c.Summary)
+			if o := p.Nodes[c.Node]; c.Node != "" && o != engine.OutcomeOK {
+				continue // not done on that node
+			}
+			fmt.Fprintf(w, "  %s %s: %s\n", Clean(p.Name), Clean(node), indent(Clean(c.Summary)))
 		}
 	}
-	for _, k := range rec.AcceptedHostKeys {
-		fmt.Fprintf(w, "  accepted new host key: %s\n", k)
+	for _, k := range rec.TrustedHostKeys {
+		fmt.Fprintf(w, "  trusted new host key: %s\n", Clean(k))
 	}
 	for _, warn := range rec.Warnings {
-		fmt.Fprintf(w, "  WARNING: %s\n", warn)
+		fmt.Fprintf(w, "  WARNING: %s\n", Clean(warn))
 	}
-	if rec.Error != "" {
-		fmt.Fprintf(w, "Error: %s\n", indent(rec.Error))
+	if len(rec.NodeErrors) > 0 {
+		fmt.Fprintf(w, "Failed nodes: %s (errors above; in full in the run record)\n", Clean(strings.Join(sortedKeys(rec.NodeErrors), ", ")))
+	} else if rec.Error != "" {
+		fmt.Fprintf(w, "Error: %s\n", indent(Clean(rec.Error)))
 	}
-	fmt.Fprintf(w, "State repo: %s (commit %s)\n", stateDir, commit)
+	fmt.Fprintf(w, "State repo: %s (commit %s)\n", Clean(stateDir), commit)
 }
 
-// WriteHistory renders the runs, newest first.
-func WriteHistory(w io.Writer, entries []state.Entry) {
-	if len(entries) == 0 {
+// WriteHistory renders the runs, newest first, below a run that started and
+// is not committed (running, or died) when there is one.
+func WriteHistory(w io.Writer, entries []state.Entry, open *state.Record) {
+	if len(entries) == 0 && open == nil {
 		fmt.Fprintln(w, "No runs yet.")
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUN\tWHEN (UTC)\tCOMMAND\tRESULT\tCHANGED\tNODES\tDURATION\tCOMMIT\tBY")
+	if open != nil {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", open.Number, open.Started.UTC().Format("2006-01-02 15:04:05"), command(open), open.Outcome,
+			"?", len(open.Nodes), "-", "(not yet)", Clean(open.Who))
+	}
 	for _, e := range entries {
 		r := e.Record
-		cmd := r.Command
-		if cmd == "rollback" {
-			cmd = fmt.Sprintf("rollback->%d", r.RollbackOf)
-		}
 		var changed []string
 		for _, p := range r.Phases {
 			if p.Outcome == engine.OutcomeOK || p.Outcome == engine.OutcomeFailed {
@@ -112,8 +128,18 @@ func WriteHistory(w io.Writer, entries []state.Entry) {
 		if ch == "" {
 			ch = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Number, r.Started.UTC().Format("2006-01-02 15:04:05"), cmd, r.Outcome,
-			ch, len(r.Nodes), Duration(r.Duration), e.Hash.String()[:12], r.Who)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Number, r.Started.UTC().Format("2006-01-02 15:04:05"), command(r), r.Outcome,
+			Clean(ch), len(r.Nodes), Duration(r.Duration), e.Hash.String()[:12], Clean(r.Who))
 	}
 	tw.Flush()
+	if open != nil && open.Outcome == engine.OutcomeDied {
+		fmt.Fprintf(w, "Run %d died before it could commit; the next apply commits what it left.\n", open.Number)
+	}
+}
+
+func command(r *state.Record) string {
+	if r.Command == "rollback" {
+		return fmt.Sprintf("rollback->%d", r.RollbackOf)
+	}
+	return Clean(r.Command)
 }

@@ -32,3 +32,33 @@ func BenchmarkConnectRun(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRun: one command over an open connection, as the login user and
+// as root through sudo (`go test -bench '^BenchmarkRun$' -run ^$
+// ./installer/ssh`). ns/op is the latency of one remote exec, wrapper
+// included: what a no-op run pays per node.
+func BenchmarkRun(b *testing.B) {
+	lab := sshtest.New(b, sshtest.Options{Nodes: 1})
+	cfg := lab.Config()
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	c, err := castssh.Connect(context.Background(), cfg, lab.Nodes[0].Host())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	for _, tc := range []struct {
+		name string
+		cmd  castssh.Cmd
+	}{
+		{"user", castssh.Cmd{Argv: []string{"true"}}},
+		{"sudo", castssh.Cmd{Argv: []string{"true"}, Sudo: true}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := c.Run(context.Background(), tc.cmd); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -9,9 +9,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -36,7 +36,9 @@ type Client struct {
 	deadOnce sync.Once
 	deadErr  error // why; written before dead is closed
 	closed   atomic.Bool
-	sudoOK   atomic.Bool // a sudo -n command succeeded on this connection
+
+	noiseMu sync.Mutex
+	noise   *LoginNoise // the first login noise seen on this connection
 }
 
 // connector dials clients. It holds what is shared by all the connections of
@@ -65,15 +67,19 @@ func newConnector(cfg Config) (*connector, error) {
 	if b := cfg.Bastion; b != nil {
 		k.bastionCred, err = loadCredentials(b.User, b.KeyFiles, b.UseAgent, b.AgentSocket)
 		if err != nil {
-			return nil, fmt.Errorf("bastion: %w", err)
+			return nil, err
 		}
 	}
 	return k, nil
 }
 
 // Connect opens a connection to h (through cfg.Bastion if set). Network
-// errors are retried as configured; host key and authentication errors are
-// returned at once, as *HostKeyError and *AuthError.
+// errors are retried as configured (then *DialError); the peer's decisions
+// are returned at once: *HostKeyError, *AuthError, *ForwardingError (the
+// bastion refuses to forward), *NegotiationError; local problems too:
+// *KeyFileError, *KnownHostsFileError. Unknown host keys accepted with
+// Config.AcceptNewHostKeys are trusted for this connection only (see
+// Client.AcceptedHostKeys); use a Pool to write them to known_hosts.
 func Connect(ctx context.Context, cfg Config, h Host) (*Client, error) {
 	k, err := newConnector(cfg)
 	if err != nil {
@@ -114,12 +120,10 @@ func Connect(ctx context.Context, cfg Config, h Host) (*Client, error) {
 // viaFunc returns a live bastion connection, dialing it if needed.
 type viaFunc func(ctx context.Context) (*Client, error)
 
+// dialBastion connects to the bastion. Its errors name it (its Host is
+// "bastion NAME").
 func (k *connector) dialBastion(ctx context.Context) (*Client, error) {
-	c, err := k.dial(ctx, k.cfg.Bastion.host(), k.bastionCred, nil)
-	if err != nil {
-		return nil, fmt.Errorf("bastion: %w", err)
-	}
-	return c, nil
+	return k.dial(ctx, k.cfg.Bastion.host(), k.bastionCred, nil)
 }
 
 // dial connects with retries on network errors. With a bastion, each
@@ -161,11 +165,65 @@ func (k *connector) dial(ctx context.Context, h Host, cr *credentials, via viaFu
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, &DialError{Host: h.String(), Addr: h.Addr(), Attempts: attempt, Err: fmt.Errorf("%w (last error: %v)", ctx.Err(), ne.err)}
+			return nil, &DialError{Host: h.String(), Addr: h.Addr(), Attempts: attempt, Err: fmt.Errorf("%w (last error: %s)", ctx.Err(), trimSSH(ne.err))}
 		case <-t.C:
 		}
 		backoff = min(backoff*2, maxRetryBackoff)
 	}
+}
+
+// classify turns a failed handshake into the error to return, by the state
+// the handshake reached, never by message text: before the host key was
+// verified, anything but a refused key or an algorithm mismatch is the
+// network (retried); after it, a network error is still the network, and
+// anything else is the server's decision about our credentials (an
+// *AuthError, never retried: repeated failures trip lockouts).
+func (k *connector) classify(ctx, dctx context.Context, h Host, cr *credentials, err error, refused *HostKeyError, verified bool, tr *authTrace) error {
+	addr := h.Addr()
+	var kfe *KeyFileError
+	switch {
+	case refused != nil:
+		return refused
+	case errors.As(err, &kfe):
+		return kfe
+	}
+	if he := k.hk.noCommonAlgorithm(h.String(), addr, err); he != nil {
+		return he
+	}
+	var ne *ssh.AlgorithmNegotiationError
+	if errors.As(err, &ne) {
+		return &NegotiationError{Host: h.String(), Addr: addr, Err: ne}
+	}
+	if ctx.Err() != nil {
+		return errorf("ssh: connecting to %s (%s): %w", h, addr, ctx.Err())
+	}
+	if dctx.Err() != nil {
+		stage := "TCP connected, no SSH answer in time"
+		switch {
+		case tr.began.Load():
+			stage = "during authentication"
+		case verified:
+			stage = "after the host key was verified"
+		}
+		return &netError{fmt.Errorf("ssh handshake timed out after %s (%s)", k.cfg.DialTimeout, stage)}
+	}
+	if verified && !isNetworkError(err) {
+		offered, avail := int(tr.offered.Load()), int(tr.available.Load())
+		return &AuthError{
+			Host: h.String(), Addr: addr, User: cr.user, Offered: cr.describe(),
+			KeysOffered: offered, KeysAvailable: avail, CutShort: offered < avail, Err: err,
+		}
+	}
+	return &netError{err}
+}
+
+// isNetworkError: the connection broke (reset, closed, timed out), as
+// opposed to the peer deciding something.
+func isNetworkError(err error) bool {
+	var ne net.Error
+	var errno syscall.Errno
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.As(err, &ne) || errors.As(err, &errno)
 }
 
 // netError marks an error worth retrying: the network, not the peer's
@@ -184,6 +242,11 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 	var err error
 	if via != nil {
 		conn, err = via.conn.DialContext(dctx, "tcp", addr)
+		var oce *ssh.OpenChannelError
+		if errors.As(err, &oce) && (oce.Reason == ssh.Prohibited || oce.Reason == ssh.UnknownChannelType) {
+			// The bastion's policy, not the network: retrying cannot help.
+			return nil, &ForwardingError{Bastion: via.name, Host: h.String(), Addr: addr, Err: oce}
+		}
 	} else {
 		conn, err = k.cfg.Dial(dctx, "tcp", addr)
 		if err == nil {
@@ -191,6 +254,9 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 		}
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, errorf("ssh: connecting to %s (%s): %w", h, addr, ctx.Err())
+		}
 		return nil, &netError{err}
 	}
 	// Bound the handshake by the dial timeout and the caller's context. (The
@@ -198,7 +264,8 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 	stop := context.AfterFunc(dctx, func() { conn.Close() })
 	defer stop()
 
-	auth, release, err := cr.authMethods()
+	tr := &authTrace{}
+	auth, release, err := cr.authMethods(tr)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -207,34 +274,19 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 
 	var refused *HostKeyError
 	var accepted []AcceptedKey
-	algos := k.hk.algorithms(addr)
+	var verified bool
 	ccfg := &ssh.ClientConfig{
 		User:              cr.user,
 		Auth:              auth,
-		HostKeyCallback:   k.hk.callback(h.String(), &refused, &accepted),
-		HostKeyAlgorithms: algos,
+		HostKeyCallback:   k.hk.callback(h.String(), &refused, &accepted, &verified),
+		HostKeyAlgorithms: k.hk.algorithms(lookupName(addr)),
 		ClientVersion:     "SSH-2.0-castellan",
 		Timeout:           k.cfg.DialTimeout,
 	}
 	sconn, chans, reqs, err := ssh.NewClientConn(conn, addr, ccfg)
 	if err != nil {
 		conn.Close()
-		switch {
-		case refused != nil:
-			return nil, refused
-		case strings.Contains(err.Error(), "unable to authenticate"):
-			return nil, &AuthError{Host: h.String(), Addr: addr, User: cr.user, Offered: cr.describe(), Err: err}
-		}
-		if he := k.hk.noCommonAlgorithm(h.String(), addr, err); he != nil {
-			return nil, he
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("ssh: connecting to %s (%s): %w", h, addr, ctx.Err())
-		}
-		if dctx.Err() != nil {
-			err = fmt.Errorf("ssh handshake timed out after %s (TCP connected, no SSH answer in time)", k.cfg.DialTimeout)
-		}
-		return nil, &netError{err}
+		return nil, k.classify(ctx, dctx, h, cr, err, refused, verified, tr)
 	}
 	if !stop() {
 		sconn.Close()
@@ -263,7 +315,7 @@ func (k *connector) dialOnce(ctx context.Context, h Host, cr *credentials, via *
 		go func() {
 			select {
 			case <-via.dead:
-				c.markDead(fmt.Errorf("the connection to bastion %s was lost: %w", via.name, via.deathCause()))
+				c.markDead(fmt.Errorf("the connection to %s was lost: %w", bastionLabel(via.name), via.deathCause()))
 			case <-c.dead:
 			}
 		}()

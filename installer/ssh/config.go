@@ -1,25 +1,70 @@
 // Package ssh is castellan's transport: every command and every file that
-// reaches a node goes through it.
+// reaches a node goes through it. It is built on golang.org/x/crypto/ssh.
 //
-// It is built on golang.org/x/crypto/ssh with these rules:
-//   - host keys are always checked against a known_hosts file (hashed entries
-//     supported); the host key algorithms offered to the server are the ones
-//     known_hosts holds for that host, so a host pinned by its ed25519 key is
-//     not refused because the server would have preferred ecdsa;
-//   - unknown keys are refused unless Config.AcceptNewHostKeys is set (then
-//     they are recorded and reported by AcceptedHostKeys), changed keys are
-//     always refused;
-//   - one connection per node for the whole run (see Pool), kept alive with
-//     keepalive@openssh.com requests that also detect a dead peer;
-//   - commands are argv vectors, quoted for a POSIX shell on the remote side
-//     and run with exec (and `sudo -n --` when privileged), never built by
-//     concatenating user values;
-//   - uploads go over SFTP to a temporary name, are verified with sha256sum on
-//     the node, get their owner and mode, and are renamed into place
-//     atomically.
+// # Connections
 //
-// The remote login shell of the user must be a POSIX shell (sh, dash, bash,
-// ksh, zsh).
+// One connection per node for the whole run (see Pool), kept alive with
+// keepalive@openssh.com requests that also detect a dead peer; through a
+// bastion with ProxyJump semantics. Handshake failures are classified by
+// the state the handshake reached (TCP, host key verified, authentication
+// begun, keys offered), never by message text: only network errors are
+// retried (then *DialError); the peer's decisions are returned at once:
+// *HostKeyError, *AuthError (how many keys were offered, and whether sshd
+// cut it short at MaxAuthTries), *ForwardingError (the bastion's sshd
+// forbids forwarding), *NegotiationError; local problems too:
+// *KeyFileError, *KnownHostsFileError. Key files are offered before the
+// agent's other keys; an encrypted key file is used through the ssh-agent's
+// signer for its public key. CheckKeyFile checks a key file offline.
+//
+// # Host keys
+//
+// Host keys are always checked against a known_hosts file, read line by
+// line the way OpenSSH reads it (ReadKnownHosts): hashed names, wildcards,
+// negations, [host]:port, @revoked, and @cert-authority (a host certificate
+// signed by a trusted CA is accepted; a plain key where only a CA is
+// trusted is unknown, not changed). A line that cannot be parsed is skipped
+// with a warning naming file:line (Pool.KnownHostsWarnings), never an
+// error for the whole file. The host key algorithms offered are the ones
+// known_hosts holds for the host, so a host pinned by its ed25519 key is
+// not refused because the server would have preferred ecdsa.
+//
+// Unknown keys are refused unless Config.AcceptNewHostKeys is set. Then
+// nothing is written during a connection: an unknown key is accepted in
+// memory for the Pool only and pinned (every later connection of the pool
+// to that address must present the same key), listed by
+// Pool.PendingHostKeys and Pool.PendingHostKey (the bastion's too), and
+// written to known_hosts only by Pool.TrustHostKeys, once the user
+// confirmed: appended in one write, hashed when the file's entries are (or
+// with Config.HashKnownHosts). A changed key is always refused, also when
+// the file changed between accepting and trusting. SelectKnownHosts picks
+// the lines (keys, CA and revocation lines) a run relied on, to commit.
+//
+// # Commands
+//
+// Commands are argv vectors, never strings built from user values. sshd
+// runs every exec request through the user's login shell; the request is
+// `exec /bin/sh -c WRAPPER sh MARK MODE INNER ARGV...`, quoted so that any
+// login shell passes it on byte-exact: sh, dash, bash, ksh, mksh, zsh,
+// fish and csh/tcsh. The wrapper (wrapperScript) prints a per-call random
+// marker before it execs the command, so whatever the login shell's
+// startup files, motd or sudo print is dropped from the command's output,
+// and reported (Result.LoginNoise, Client.LoginNoise, Pool.LoginNoise) with
+// the shell and the files it reads. A login shell that never runs the
+// command (nologin, an rc file that exits) is a *LoginShellError.
+//
+// Privileged commands and uploads (Cmd.Sudo, Upload.Sudo) decide on the
+// node, in the same exec: a root login (uid 0) runs them directly, never
+// through sudo; otherwise `sudo -n` when Config.Sudo allows it. Anything
+// else is a *SudoError with the cause and the fix: sudo off, not
+// installed, refused (password required or not allowed), or requiretty
+// (found by retrying sudo with a terminal from script(1), only after it
+// refused). Client.CheckLogin checks all this on demand; the first command
+// returns the same errors, so a run needs no extra exec for it.
+//
+// Uploads go over SFTP (sftp-server started through the same wrapper, so a
+// noisy login shell cannot corrupt the stream) to a temporary name, are
+// verified with sha256sum on the node, get their owner and mode, and are
+// renamed into place atomically.
 package ssh
 
 import (
@@ -49,8 +94,9 @@ const (
 type Config struct {
 	// User is the login user on the nodes.
 	User string
-	// KeyFiles are unencrypted private key files (OpenSSH, PKCS#1/8 PEM).
-	// An encrypted key gives a clear error: use an agent for those.
+	// KeyFiles are private key files (OpenSSH, PKCS#1/8 PEM), offered
+	// first. An encrypted one needs UseAgent with its key loaded in the
+	// agent (castellan never prompts): the agent signs for it.
 	KeyFiles []string
 	// UseAgent also offers the keys held by the ssh-agent at AgentSocket
 	// (default: $SSH_AUTH_SOCK).
@@ -61,15 +107,20 @@ type Config struct {
 	// included) is checked against. Required. Entries are matched on the
 	// address dialed (Host.Address, or "[addr]:port" for a port other than 22).
 	KnownHostsFile string
-	// AcceptNewHostKeys records keys of hosts that known_hosts does not know
-	// yet into KnownHostsFile (trust on first use). A key that differs from a
-	// known one is never accepted.
+	// AcceptNewHostKeys accepts keys of hosts that known_hosts does not
+	// know yet, in memory and pinned for the Pool, until Pool.TrustHostKeys
+	// writes them (trust on first use, after confirmation). KnownHostsFile
+	// may then be missing: it is created when keys are trusted. A key that
+	// differs from a known one is never accepted.
 	AcceptNewHostKeys bool
-	// HashKnownHosts writes accepted entries with a hashed host name.
+	// HashKnownHosts writes trusted entries with a hashed host name (they
+	// are hashed anyway when the file's entries are).
 	HashKnownHosts bool
 
-	// Sudo makes every command and upload privileged (`sudo -n`), as if
-	// Cmd.Sudo / Upload.Sudo were set.
+	// Sudo allows `sudo -n` for privileged commands and uploads (Cmd.Sudo,
+	// Upload.Sudo) when the login user is not root. Root logins never use
+	// sudo; with Sudo off, a non-root user's privileged command is a
+	// *SudoError. It does not make other commands privileged.
 	Sudo bool
 
 	// Bastion, when set, is the jump host every node is reached through
@@ -146,7 +197,11 @@ func (h Host) String() string {
 }
 
 func (b *Bastion) host() Host {
-	return Host{Name: b.Name, Address: b.Address, Port: b.Port}
+	name := b.Name
+	if name == "" {
+		name = b.Address
+	}
+	return Host{Name: bastionLabel(name), Address: b.Address, Port: b.Port}
 }
 
 // withDefaults validates cfg and fills in defaults.

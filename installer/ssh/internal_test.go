@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,79 +15,123 @@ import (
 	"strings"
 	"testing"
 
+	"castellan/installer/testenv"
+
 	"github.com/skeema/knownhosts"
 	"golang.org/x/crypto/ssh"
 	xknownhosts "golang.org/x/crypto/ssh/knownhosts"
 )
 
-// shells that parse the command line on real nodes and are present here.
+// loginShells are the login shells a node's user may have: the remote
+// command line must pass through each unchanged. When real peers are
+// required (testenv: CASTELLAN_REQUIRE_REAL_PEERS=1 or CI=true) a missing
+// one fails the test (`make test-deps` installs them).
+var loginShells = []string{"/bin/sh", "/bin/dash", "/bin/bash", "/bin/zsh", "/bin/ksh", "/bin/mksh", "/usr/bin/fish", "/bin/tcsh", "/bin/csh"}
+
 func shells(t testing.TB) []string {
-	var out []string
-	for _, sh := range []string{"/bin/sh", "/bin/dash", "/bin/bash", "/bin/zsh", "/bin/ksh", "/bin/mksh"} {
+	var out, missing []string
+	for _, sh := range loginShells {
 		if _, err := os.Stat(sh); err == nil {
 			out = append(out, sh)
+		} else {
+			missing = append(missing, sh)
 		}
 	}
+	if len(missing) > 0 {
+		msg := fmt.Sprintf("login shells missing: %s (make test-deps installs them)", strings.Join(missing, " "))
+		if testenv.Required() {
+			t.Fatal(msg)
+		}
+		t.Log(msg)
+	}
 	if len(out) == 0 {
-		t.Skip("no POSIX shell here")
+		t.Skip("no shell here")
 	}
 	return out
 }
 
-// roundTrip has each shell parse commandLine(printf '%s\0' args...) and
-// checks that the program receives exactly args.
-func roundTrip(t *testing.T, args []string) {
+// viaLoginShell runs the exec request for argv the way sshd does, with
+// `SHELL -c REQUEST` (as root here, so a privileged mode takes the root
+// path), and returns what followed the wrapper's marker on stdout.
+func viaLoginShell(t testing.TB, sh string, argv []string, m execMode) ([]byte, string) {
 	t.Helper()
-	line, err := commandLine(append([]string{"printf", `%s\0`}, args...), false)
+	marker := newMarker()
+	line, err := execRequest(marker, argv, m)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var out bytes.Buffer
+	f := newMarkerFilter(marker, &out)
+	cmd := exec.Command(sh, "-c", line)
+	cmd.Dir = os.TempDir() // globs would match nothing anyway: everything is quoted
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "SHELL=" + sh}
+	cmd.Stdout = f
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s -c %q: %v: %s", sh, line, err, stderr.Bytes())
+	}
+	f.finish()
+	if !f.passing {
+		t.Fatalf("%s: the wrapper never reported ok (stages %v, noise %q, stderr %q); line %q", sh, f.stages, f.noise, stderr.Bytes(), line)
+	}
+	return out.Bytes(), f.shell
+}
+
+// roundTrip has each login shell run the exec request for
+// printf '%s\0' args... and checks that printf receives exactly args.
+func roundTrip(t *testing.T, args []string, modes ...execMode) {
+	t.Helper()
 	var want bytes.Buffer
 	for _, a := range args {
 		want.WriteString(a)
 		want.WriteByte(0)
 	}
+	if len(modes) == 0 {
+		modes = []execMode{{}}
+	}
 	for _, sh := range shells(t) {
-		cmd := exec.Command(sh, "-c", line)
-		cmd.Dir = t.TempDir() // globs would match nothing here anyway
-		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent"}
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("%s -c %q: %v", sh, line, err)
-		}
-		if !bytes.Equal(out, want.Bytes()) {
-			t.Fatalf("%s: args %q came back as %q (line %q)", sh, args, out, line)
+		for _, m := range modes {
+			out, shell := viaLoginShell(t, sh, append([]string{"printf", `%s\0`}, args...), m)
+			if !bytes.Equal(out, want.Bytes()) {
+				t.Fatalf("%s (mode %+v): args %q came back as %q", sh, m, args, out)
+			}
+			if shell != sh {
+				t.Fatalf("%s: the wrapper reported the login shell %q", sh, shell)
+			}
 		}
 	}
 }
 
 var quotingSeeds = []string{
-	"", "plain", "with space", "it's", `"dq"`, `\`, "$(id)", "`id`", "${x}", "*", "?", "[a]", "~", "~root",
-	"-n", "--", "a;b", "a|b&c", "!x", "#c", "{a,b}", "a=b", "=x", "\n", "\t", "\x01\x7f", "\xff\xfe",
-	"ünï ✓", "'\"'\"'",
+	"", "plain", "with space", "it's", `"dq"`, `\`, `\\`, `\'`, `'\`, "$(id)", "`id`", "${x}", "*", "?", "[a]", "~", "~root",
+	"-n", "--", "a;b", "a|b&c", "!x", "x!", "!!", "!$", "#c", "{a,b}", "a=b", "=x", "\n", "\t", "\x01\x7f", "\xff\xfe",
+	"ünï ✓", "'\"'\"'", "a\nb", "\n", "\\n", "\\0012", `%s`, `%b`, "x\\", "y\\0134", "\r\n", "^old^new", "%1",
 }
 
 func TestCommandLineRoundTrip(t *testing.T) {
-	roundTrip(t, quotingSeeds)
+	root := os.Geteuid() == 0
+	modes := []execMode{{}}
+	if root {
+		// Root: privileged commands take the uid-0 path, sudo or not.
+		modes = append(modes, execMode{privileged: true, sudo: true}, execMode{privileged: true})
+	}
+	roundTrip(t, quotingSeeds, modes...)
 	for _, s := range quotingSeeds {
 		roundTrip(t, []string{s})
 	}
 }
 
 func TestCommandLineRejects(t *testing.T) {
-	for _, argv := range [][]string{nil, {""}, {"-x"}, {"echo", "a\x00b"}} {
-		if _, err := commandLine(argv, false); err == nil {
-			t.Errorf("commandLine(%q) accepted", argv)
+	for _, argv := range [][]string{nil, {""}, {"-x"}, {"echo", "a\x00b"}, {"echo", strings.Repeat("x", maxRequest)}} {
+		if _, err := execRequest(newMarker(), argv, execMode{}); err == nil {
+			t.Errorf("execRequest(%.40q) accepted", argv)
 		}
-	}
-	line, _ := commandLine([]string{"id", "-u"}, true)
-	if line != "exec sudo -n -- id -u" {
-		t.Errorf("sudo line %q", line)
 	}
 }
 
-// FuzzCommandLine: whatever three arguments, each shell gives them back
-// byte-exact. `go test -fuzz FuzzCommandLine ./installer/ssh` explores
+// FuzzCommandLine: whatever three arguments, each login shell gives them
+// back byte-exact. `go test -fuzz FuzzCommandLine ./installer/ssh` explores
 // further; plain `go test` runs the seeds.
 func FuzzCommandLine(f *testing.F) {
 	for i, s := range quotingSeeds {
@@ -96,11 +141,46 @@ func FuzzCommandLine(f *testing.F) {
 		args := []string{a, b, c}
 		for _, s := range args {
 			if strings.IndexByte(s, 0) >= 0 {
-				t.Skip("NUL cannot be an argument")
+				if _, err := execRequest(newMarker(), args, execMode{}); err == nil {
+					t.Fatalf("an argument with NUL was accepted")
+				}
+				return
 			}
 		}
 		roundTrip(t, args)
 	})
+}
+
+// TestMarkerFilter: the login noise, split anywhere across writes, is kept
+// apart from the output, and the stage lines are recorded.
+func TestMarkerFilter(t *testing.T) {
+	m := newMarker()
+	stream := "motd line\nhi from .bashrc" + m + " sudo /bin/bash\nsudo: unable to resolve host\n" + m + " ok\nthe output\n" + m + " ok\nmore"
+	for split := 0; split <= len(stream); split++ {
+		var out bytes.Buffer
+		f := newMarkerFilter(m, &out)
+		f.Write([]byte(stream[:split]))
+		f.Write([]byte(stream[split:]))
+		f.finish()
+		if got, want := out.String(), "the output\n"+m+" ok\nmore"; got != want {
+			t.Fatalf("split %d: output %q, want %q", split, got, want)
+		}
+		if got, want := string(f.noise), "motd line\nhi from .bashrcsudo: unable to resolve host\n"; got != want {
+			t.Fatalf("split %d: noise %q, want %q", split, got, want)
+		}
+		if !slices.Equal(f.stages, []string{stageSudo, stageOK}) || f.shell != "/bin/bash" {
+			t.Fatalf("split %d: stages %v shell %q", split, f.stages, f.shell)
+		}
+	}
+	// Without the marker everything is noise, bounded.
+	var out bytes.Buffer
+	f := newMarkerFilter(m, &out)
+	big := bytes.Repeat([]byte("x"), 3*maxNoise)
+	f.Write(big)
+	f.finish()
+	if out.Len() != 0 || len(f.noise) != maxNoise || f.nNoise != int64(len(big)) || f.passing {
+		t.Fatalf("unmarked stream: out %d, noise %d/%d, passing %v", out.Len(), len(f.noise), f.nNoise, f.passing)
+	}
 }
 
 func TestHostKeyAlgorithmSelection(t *testing.T) {
@@ -122,9 +202,9 @@ func TestHostKeyAlgorithmSelection(t *testing.T) {
 	if err := os.WriteFile(kh, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	db, err := knownhosts.NewDB(kh)
-	if err != nil {
-		t.Fatal(err)
+	db, warnings, err := ReadKnownHosts(kh)
+	if err != nil || len(warnings) > 0 {
+		t.Fatal(err, warnings)
 	}
 	tests := []struct {
 		addr string
@@ -138,7 +218,7 @@ func TestHostKeyAlgorithmSelection(t *testing.T) {
 		{"10.0.0.9:22", preferredHostKeyAlgorithms}, // unknown: Ed25519 first, no SHA-1
 	}
 	for _, tc := range tests {
-		if got := hostKeyAlgorithms(db, tc.addr); !slices.Equal(got, tc.want) {
+		if got := hostKeyAlgorithms(db, nil, lookupName(tc.addr)); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: got %v, want %v", tc.addr, got, tc.want)
 		}
 	}

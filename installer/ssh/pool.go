@@ -20,6 +20,8 @@ type Pool struct {
 	bastion poolEntry
 }
 
+var errPoolClosed = errors.New("ssh: pool is closed")
+
 type poolEntry struct {
 	mu sync.Mutex
 	c  *Client
@@ -43,7 +45,7 @@ func (p *Pool) Client(ctx context.Context, h Host) (*Client, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, errors.New("ssh: pool is closed")
+		return nil, errPoolClosed
 	}
 	e := p.entries[poolKey(h)]
 	if e == nil {
@@ -74,7 +76,7 @@ func (p *Pool) Client(ctx context.Context, h Host) (*Client, error) {
 	defer p.mu.Unlock()
 	if p.closed {
 		c.Close()
-		return nil, errors.New("ssh: pool is closed")
+		return nil, errPoolClosed
 	}
 	e.c = c
 	return c, nil
@@ -117,9 +119,69 @@ func (p *Pool) Upload(ctx context.Context, h Host, u Upload) error {
 	return c.Upload(ctx, u)
 }
 
-// AcceptedHostKeys lists every host key recorded into known_hosts by this
-// pool (nodes and bastion), for the caller to commit.
-func (p *Pool) AcceptedHostKeys() []AcceptedKey { return p.k.hk.allAccepted() }
+// PendingHostKeys lists the host keys (nodes and bastion) that known_hosts
+// did not know and this pool accepted in memory because
+// Config.AcceptNewHostKeys is set, in the order first seen. They are
+// trusted by this pool only (pinned: a later connection to the same
+// address must show the same key) and written nowhere until TrustHostKeys.
+func (p *Pool) PendingHostKeys() []AcceptedKey { return p.k.hk.pendingKeys() }
+
+// PendingHostKey returns the key accepted in memory for h (a node or the
+// bastion: Config.Bastion's Host), if any.
+func (p *Pool) PendingHostKey(h Host) (AcceptedKey, bool) {
+	return p.k.hk.pendingKey(KnownHostsName(h))
+}
+
+// BastionHost is the Host of Config.Bastion (ok false without one), for
+// PendingHostKey.
+func (p *Pool) BastionHost() (Host, bool) {
+	if p.k.cfg.Bastion == nil {
+		return Host{}, false
+	}
+	return p.k.cfg.Bastion.host(), true
+}
+
+// TrustHostKeys writes keys, which must come from PendingHostKeys, to
+// Config.KnownHostsFile (created if missing), as the user confirmed them.
+// The file is read again first: a key it already holds is not written
+// twice, and a key for a host that the file now pins to another key is
+// refused with a *HostKeyError (Changed), writing nothing. The new lines
+// (hashed when the file's entries are, or with Config.HashKnownHosts) are
+// appended with one write; if it fails, the file is cut back to its
+// previous size and a *KnownHostsFileError (Op "write") is returned.
+// Trusted keys leave PendingHostKeys for AcceptedHostKeys.
+func (p *Pool) TrustHostKeys(keys ...AcceptedKey) error { return p.k.hk.trust(keys) }
+
+// AcceptedHostKeys lists the host keys this pool wrote to known_hosts with
+// TrustHostKeys (nodes and bastion), for the caller to record.
+func (p *Pool) AcceptedHostKeys() []AcceptedKey { return p.k.hk.trustedKeys() }
+
+// KnownHostsWarnings lists the lines of known_hosts that were skipped
+// because they cannot be parsed (file:line and why), for the caller to
+// show. They never stop a run.
+func (p *Pool) KnownHostsWarnings() []KnownHostsWarning { return p.k.hk.knownHostsWarnings() }
+
+// LoginNoise returns, for every host this pool has a connection to, the
+// login noise first seen on it (see Result.LoginNoise), by host name.
+func (p *Pool) LoginNoise() map[string]*LoginNoise {
+	p.mu.Lock()
+	entries := make([]*poolEntry, 0, len(p.entries))
+	for _, e := range p.entries {
+		entries = append(entries, e)
+	}
+	p.mu.Unlock()
+	out := map[string]*LoginNoise{}
+	for _, e := range entries {
+		e.mu.Lock()
+		if e.c != nil {
+			if n := e.c.LoginNoise(); n != nil {
+				out[e.c.name] = n
+			}
+		}
+		e.mu.Unlock()
+	}
+	return out
+}
 
 // Close closes every connection. The pool cannot be used afterwards.
 func (p *Pool) Close() error {

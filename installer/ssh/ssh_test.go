@@ -150,43 +150,15 @@ func TestSudo(t *testing.T) {
 	if got := output(t, c, castssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true}); got != "0" {
 		t.Fatalf("with Sudo, id -u = %q, want 0", got)
 	}
-	// Config.Sudo makes every command privileged.
-	cfg := lab.Config()
-	cfg.Sudo = true
-	cs := connect(t, cfg, node.Host())
-	if got := output(t, cs, castssh.Cmd{Argv: []string{"id", "-u"}}); got != "0" {
-		t.Fatalf("with Config.Sudo, id -u = %q, want 0", got)
+	// Config.Sudo allows sudo for privileged commands only.
+	if !lab.Config().Sudo {
+		t.Fatal("the lab's config does not allow sudo")
 	}
 	// A failing privileged command is an ExitError, not a sudo problem.
 	_, err := c.Run(testCtx(t), castssh.Cmd{Argv: []string{"false"}, Sudo: true})
 	var ee *castssh.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode != 1 {
 		t.Fatalf("sudo false: want ExitError 1, got %v", err)
-	}
-}
-
-func TestSudoPasswordRequired(t *testing.T) {
-	t.Parallel()
-	lab := sshtest.New(t, sshtest.Options{Nodes: 1})
-	cfg := lab.Config()
-	cfg.User = lab.PasswordUser
-	c := connect(t, cfg, lab.Nodes[0].Host())
-	if got := output(t, c, castssh.Cmd{Argv: []string{"id", "-un"}}); got != lab.PasswordUser {
-		t.Fatalf("id -un = %q", got)
-	}
-	_, err := c.Run(testCtx(t), castssh.Cmd{Argv: []string{"id", "-u"}, Sudo: true})
-	var se *castssh.SudoPasswordError
-	if !errors.As(err, &se) {
-		t.Fatalf("want *SudoPasswordError, got %T: %v", err, err)
-	}
-	if !strings.Contains(err.Error(), "NOPASSWD") || !strings.Contains(err.Error(), lab.PasswordUser) {
-		t.Fatalf("message does not say how to fix it: %v", err)
-	}
-	t.Logf("message: %v", err)
-	// Same for a privileged upload.
-	err = c.Upload(testCtx(t), castssh.Upload{Src: strings.NewReader("x"), Dst: filepath.Join(lab.Dir, "x"), Sudo: true})
-	if !errors.As(err, &se) {
-		t.Fatalf("sudo upload: want *SudoPasswordError, got %T: %v", err, err)
 	}
 }
 
@@ -260,17 +232,39 @@ func TestHostKeys(t *testing.T) {
 		t.Logf("message: %v", err)
 	})
 
-	t.Run("AcceptNewHostKeys records unknown key, next connect is strict", func(t *testing.T) {
+	t.Run("AcceptNewHostKeys accepts in memory, TrustHostKeys writes, next connect is strict", func(t *testing.T) {
 		for _, hashed := range []bool{false, true} {
 			kh := filepath.Join(t.TempDir(), "sub", "known_hosts") // does not exist yet
 			cfg := lab.Config()
 			cfg.KnownHostsFile = kh
 			cfg.AcceptNewHostKeys = true
 			cfg.HashKnownHosts = hashed
-			c := connect(t, cfg, node.Host())
+			pool, err := castssh.NewPool(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			c, err := pool.Client(testCtx(t), node.Host())
+			if err != nil {
+				t.Fatal(err)
+			}
 			acc := c.AcceptedHostKeys()
 			if len(acc) != 1 || acc[0].Host != node.Name || acc[0].KnownHostsFile != kh {
 				t.Fatalf("AcceptedHostKeys = %+v", acc)
+			}
+			// Nothing is written before the caller trusts the key.
+			if _, err := os.Stat(kh); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("known_hosts written during connect: %v", err)
+			}
+			pending := pool.PendingHostKeys()
+			if len(pending) != 1 || pending[0].Fingerprint != acc[0].Fingerprint {
+				t.Fatalf("PendingHostKeys = %+v", pending)
+			}
+			if p, ok := pool.PendingHostKey(node.Host()); !ok || p.Line != acc[0].Line {
+				t.Fatalf("PendingHostKey = %+v, %v", p, ok)
+			}
+			if err := pool.TrustHostKeys(pending...); err != nil {
+				t.Fatal(err)
 			}
 			b, err := os.ReadFile(kh)
 			if err != nil || strings.TrimSpace(string(b)) != acc[0].Line {
@@ -278,6 +272,16 @@ func TestHostKeys(t *testing.T) {
 			}
 			if hashed != strings.HasPrefix(acc[0].Line, "|1|") {
 				t.Fatalf("hashed=%v but line is %q", hashed, acc[0].Line)
+			}
+			if len(pool.PendingHostKeys()) != 0 || len(pool.AcceptedHostKeys()) != 1 {
+				t.Fatalf("after trusting: pending %v, accepted %v", pool.PendingHostKeys(), pool.AcceptedHostKeys())
+			}
+			// Trusting again writes nothing more.
+			if err := pool.TrustHostKeys(acc...); err != nil {
+				t.Fatal(err)
+			}
+			if b2, _ := os.ReadFile(kh); string(b2) != string(b) {
+				t.Fatalf("trusting twice wrote again:\n%s", b2)
 			}
 			// Strict now: the recorded key is accepted ...
 			cfg.AcceptNewHostKeys = false

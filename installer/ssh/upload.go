@@ -37,25 +37,24 @@ type Upload struct {
 	// computed while sending. Either way the file is hashed on the node
 	// (sha256sum) before it is renamed into place.
 	SHA256 string
-	// Sudo writes the file as root: the SFTP server runs through `sudo -n`.
+	// Sudo writes the file as root: the SFTP server runs as root, like a
+	// privileged Cmd (directly for a root login, else through `sudo -n`).
 	Sudo bool
 	// Progress, when set, is called with the bytes sent so far and the total
 	// (0 when unknown).
 	Progress func(done, total int64)
 }
 
-// sftpServerScript finds the sftp-server binary at the usual paths and
-// execs it (through sudo when privileged). -u 077: files are created 0600
-// and get their final mode only once verified.
-func sftpServerScript(sudo bool) string {
-	paths := "/usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server /usr/libexec/sftp-server"
-	run := `exec "$p" -u 077`
-	if sudo {
-		run = `exec sudo -n -- "$p" -u 077`
-	}
-	return `for p in ` + paths + `; do if [ -x "$p" ]; then ` + run + `; fi; done; ` +
-		`echo "castellan: no sftp-server found at ` + paths + `" >&2; exit 127`
-}
+// sftpServerPaths are where sftp-server is looked for on a node.
+const sftpServerPaths = "/usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server /usr/libexec/sftp-server"
+
+// sftpServerArgv finds the sftp-server binary at the usual paths and execs
+// it (the wrapper runs it as root when privileged); exit code 127 when
+// there is none. -u 077: files are created 0600 and get their final mode
+// only once verified.
+var sftpServerArgv = []string{"sh", "-c",
+	`for p in ` + sftpServerPaths + `; do if [ -x "$p" ]; then exec "$p" -u 077; fi; done; ` +
+		`echo "castellan: no sftp-server found at ` + sftpServerPaths + `" >&2; exit 127`}
 
 // sftpOptions: concurrent writes of large packets keep the channel window
 // full (OpenSSH's sftp-server accepts messages up to 256 KiB).
@@ -70,41 +69,51 @@ func sftpOptions() []sftp.ClientOption {
 const sftpPacketSize = 128 << 10
 
 // openSFTP starts an SFTP server on a new session: sftp-server executed
-// directly (through sudo when privileged), or the sftp subsystem as a
-// fallback for unprivileged transfers.
-func (c *Client) openSFTP(ctx context.Context, sudo bool, op string) (*sftp.Client, func(), error) {
+// through the wrapper (as root when privileged: root or sudo is decided on
+// the node, like for Run), whose output is read after the wrapper's marker
+// (a noisy login shell cannot corrupt the SFTP stream), or the sftp
+// subsystem as a fallback for unprivileged transfers.
+func (c *Client) openSFTP(ctx context.Context, privileged bool, op string) (*sftp.Client, func(), error) {
 	if !c.Alive() {
 		return nil, nil, &ConnectionLostError{Host: c.name, Addr: c.addr, Command: op, Err: c.deadErr}
+	}
+	marker := newMarker()
+	line, err := execRequest(marker, sftpServerArgv, execMode{privileged: privileged, sudo: c.cfg.Sudo})
+	if err != nil {
+		return nil, nil, errorf("ssh: %s on %s: %w", op, c.name, err)
 	}
 	sess, err := c.conn.NewSession()
 	if err != nil {
 		if lerr := c.lost(op, time.Second); lerr != nil {
 			return nil, nil, lerr
 		}
-		return nil, nil, fmt.Errorf("ssh: opening a session on %s for %s: %w", c.name, op, err)
+		return nil, nil, errorf("ssh: opening a session on %s for %s: %w", c.name, op, err)
 	}
 	stdin, err := sess.StdinPipe()
 	if err != nil {
 		sess.Close()
-		return nil, nil, fmt.Errorf("ssh: sftp on %s: %w", c.name, err)
+		return nil, nil, errorf("ssh: sftp on %s: %w", c.name, err)
 	}
 	stdout, err := sess.StdoutPipe()
 	if err != nil {
 		sess.Close()
-		return nil, nil, fmt.Errorf("ssh: sftp on %s: %w", c.name, err)
+		return nil, nil, errorf("ssh: sftp on %s: %w", c.name, err)
 	}
 	stderr := &tailBuffer{max: 4096}
-	sess.Stderr = stderr
-	if err := sess.Start(sftpServerScript(sudo)); err != nil {
+	errF := newMarkerFilter(marker, stderr)
+	sess.Stderr = errF
+	if err := sess.Start(line); err != nil {
 		sess.Close()
 		if lerr := c.lost(op, time.Second); lerr != nil {
 			return nil, nil, lerr
 		}
-		return nil, nil, fmt.Errorf("ssh: starting sftp-server on %s: %w", c.name, err)
+		return nil, nil, errorf("ssh: starting sftp-server on %s: %w", c.name, err)
 	}
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
-	sc, err := sftp.NewClientPipe(stdout, stdin, sftpOptions()...)
+	out := newMarkerReader(marker, stdout)
+	sc, err := sftp.NewClientPipe(out, stdin, sftpOptions()...)
 	if err == nil {
+		c.noteNoise(noiseOf(c.name, c.user, out.f, errF))
 		return sc, func() {
 			stop()
 			sc.Close()
@@ -129,17 +138,21 @@ func (c *Client) openSFTP(ctx context.Context, sudo bool, op string) (*sftp.Clie
 		return nil, nil, lerr
 	}
 	if ctx.Err() != nil {
-		return nil, nil, fmt.Errorf("ssh: %s on %s: %w", op, c.name, ctx.Err())
+		return nil, nil, errorf("ssh: %s on %s: %w", op, c.name, ctx.Err())
 	}
-	if sudo && code == 1 && !c.sudoOK.Load() {
-		if perr := c.probeSudo(ctx, op); perr != nil {
-			return nil, nil, perr
-		}
+	out.f.finish()
+	errF.finish()
+	c.noteNoise(noiseOf(c.name, c.user, out.f, errF))
+	if started, stage, _, outNoise, _ := out.f.state(); !started {
+		rr := runResult{stage: stage, stdoutNoise: outNoise}
+		_, _, _, rr.stderrNoise, _ = errF.state()
+		rr.ExitCode = code
+		return nil, nil, c.notStarted(ctx, rr, op)
 	}
-	if code == 127 && !sudo {
+	if code == 127 && !privileged {
 		sc, err := sftp.NewClient(c.conn, sftpOptions()...)
 		if err != nil {
-			return nil, nil, fmt.Errorf("ssh: sftp subsystem on %s: %w", c.name, err)
+			return nil, nil, errorf("ssh: sftp subsystem on %s: %w", c.name, err)
 		}
 		stop := context.AfterFunc(ctx, func() { sc.Close() })
 		return sc, func() {
@@ -147,7 +160,7 @@ func (c *Client) openSFTP(ctx context.Context, sudo bool, op string) (*sftp.Clie
 			sc.Close()
 		}, nil
 	}
-	return nil, nil, fmt.Errorf("ssh: starting sftp-server on %s (exit code %d): %v: %s",
+	return nil, nil, errorf("ssh: starting sftp-server on %s (exit code %d): %w: %s",
 		c.name, code, err, strings.TrimSpace(string(stderr.bytes())))
 }
 
@@ -179,17 +192,17 @@ func (p *progressReader) Read(b []byte) (int, error) {
 // its owner and mode, then renamed over Dst atomically (posix-rename). On
 // any failure the temporary file is removed and Dst is untouched.
 func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
-	sudo := u.Sudo || c.cfg.Sudo
+	sudo := u.Sudo
 	dst := u.Dst
 	if !path.IsAbs(dst) || strings.HasSuffix(dst, "/") || strings.IndexByte(dst, 0) >= 0 {
-		return fmt.Errorf("ssh: upload to %s: destination %q must be an absolute file path", c.name, dst)
+		return errorf("ssh: upload to %s: destination %q must be an absolute file path", c.name, dst)
 	}
 	dst = path.Clean(dst)
 	op := fmt.Sprintf("upload to %q", dst)
 	want := strings.ToLower(u.SHA256)
 	if want != "" {
 		if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {
-			return fmt.Errorf("ssh: %s on %s: SHA256 %q is not a hex SHA-256 digest", op, c.name, u.SHA256)
+			return errorf("ssh: %s on %s: SHA256 %q is not a hex SHA-256 digest", op, c.name, u.SHA256)
 		}
 	}
 	mode := u.Mode
@@ -200,23 +213,23 @@ func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
 	src, total := u.Src, u.Size
 	switch {
 	case src != nil && u.SrcPath != "":
-		return fmt.Errorf("ssh: %s on %s: give Src or SrcPath, not both", op, c.name)
+		return errorf("ssh: %s on %s: give Src or SrcPath, not both", op, c.name)
 	case u.SrcPath != "":
 		f, err := os.Open(u.SrcPath)
 		if err != nil {
-			return fmt.Errorf("ssh: %s on %s: %w", op, c.name, err)
+			return errorf("ssh: %s on %s: %w", op, c.name, err)
 		}
 		defer f.Close()
 		st, err := f.Stat()
 		if err != nil {
-			return fmt.Errorf("ssh: %s on %s: %w", op, c.name, err)
+			return errorf("ssh: %s on %s: %w", op, c.name, err)
 		}
 		if total == 0 {
 			total = st.Size()
 		}
 		src = f
 	case src == nil:
-		return fmt.Errorf("ssh: %s on %s: no source (Src or SrcPath)", op, c.name)
+		return errorf("ssh: %s on %s: no source (Src or SrcPath)", op, c.name)
 	}
 
 	sc, closeSFTP, err := c.openSFTP(ctx, sudo, op)
@@ -234,16 +247,16 @@ func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
 			}
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("ssh: %s on %s: %w", op, c.name, ctx.Err())
+			return errorf("ssh: %s on %s: %w", op, c.name, ctx.Err())
 		}
-		return fmt.Errorf("ssh: %s on %s: %s: %w", op, c.name, step, err)
+		return errorf("ssh: %s on %s: %s: %w", op, c.name, step, err)
 	}
 
 	dir := path.Dir(dst)
 	if st, err := sc.Stat(dir); err != nil {
 		return fail("destination directory "+dir, err)
 	} else if !st.IsDir() {
-		return fmt.Errorf("ssh: %s on %s: %s is not a directory", op, c.name, dir)
+		return errorf("ssh: %s on %s: %s is not a directory", op, c.name, dir)
 	}
 	tmp := path.Join(dir, ".castellan-"+randomHex(8)+".tmp")
 	f, err := sc.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
@@ -274,7 +287,7 @@ func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
 	}
 	if total > 0 && n != total {
 		f.Close()
-		return fmt.Errorf("ssh: %s on %s: source gave %d bytes, expected %d", op, c.name, n, total)
+		return errorf("ssh: %s on %s: source gave %d bytes, expected %d", op, c.name, n, total)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
@@ -294,7 +307,7 @@ func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
 
 	out, err := c.Output(ctx, Cmd{Argv: []string{"sha256sum", "--", tmp}, Sudo: sudo})
 	if err != nil {
-		return fmt.Errorf("ssh: %s on %s: verifying: %w", op, c.name, err)
+		return errorf("ssh: %s on %s: verifying: %w", op, c.name, err)
 	}
 	got := strings.TrimPrefix(strings.Fields(out + " ")[0], `\`)
 	if got != want {
@@ -307,7 +320,7 @@ func (c *Client) Upload(ctx context.Context, u Upload) (err error) {
 			spec += ":" + u.Group
 		}
 		if _, err := c.Run(ctx, Cmd{Argv: []string{"chown", "--", spec, tmp}, Sudo: sudo}); err != nil {
-			return fmt.Errorf("ssh: %s on %s: setting owner: %w", op, c.name, err)
+			return errorf("ssh: %s on %s: setting owner: %w", op, c.name, err)
 		}
 	}
 	// After chown, which clears set-id bits.

@@ -240,3 +240,70 @@ func labUID(t *testing.T, lab *sshtest.Lab) int {
 	}
 	return uid
 }
+
+// corruptingReader yields data; when the uploader has read all of it, it
+// appends a byte to the upload's temporary file on the node (whose file
+// system the test shares), past every offset the uploader writes to: the
+// data on the node is no longer what was sent.
+type corruptingReader struct {
+	r    io.Reader
+	dir  string
+	size int64
+	done bool
+	err  error
+}
+
+func (c *corruptingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err == io.EOF && !c.done {
+		c.done = true
+		tmps, _ := filepath.Glob(filepath.Join(c.dir, ".castellan-*.tmp"))
+		if len(tmps) != 1 {
+			c.err = errors.New("no temporary upload file to corrupt")
+			return n, err
+		}
+		f, ferr := os.OpenFile(tmps[0], os.O_WRONLY, 0)
+		if ferr != nil {
+			c.err = ferr
+			return n, err
+		}
+		_, c.err = f.WriteAt([]byte{'!'}, c.size)
+		f.Close()
+	}
+	return n, err
+}
+
+// TestUploadCorruptedOnNode: the data that reached the node differs from
+// what was sent: the node-side sha256 check refuses it, the destination is
+// untouched and no temporary file stays (issue 14: this check was never
+// exercised).
+func TestUploadCorruptedOnNode(t *testing.T) {
+	t.Parallel()
+	lab := sshtest.New(t, sshtest.Options{Nodes: 1})
+	c := connect(t, lab.Config(), lab.Nodes[0].Host())
+	data := bytes.Repeat([]byte("castellan agent "), 64<<10) // 1 MiB
+	sum := sha256.Sum256(data)
+	for _, sudo := range []bool{false, true} {
+		dir := lab.UserDir("corrupt-" + strconv.FormatBool(sudo))
+		dst := filepath.Join(dir, "agent")
+		if err := os.WriteFile(dst, []byte("old agent\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"", hex.EncodeToString(sum[:])} {
+			src := &corruptingReader{r: bytes.NewReader(data), dir: dir, size: int64(len(data))}
+			err := c.Upload(testCtx(t), castssh.Upload{Src: src, Size: int64(len(data)), Dst: dst, SHA256: want, Sudo: sudo})
+			if src.err != nil {
+				t.Fatalf("corrupting: %v", src.err)
+			}
+			var ce *castssh.ChecksumError
+			if !errors.As(err, &ce) || ce.Where != "remote" || ce.Want != hex.EncodeToString(sum[:]) || ce.Got == ce.Want {
+				t.Fatalf("sudo=%v, SHA256 %q: want a remote *ChecksumError, got %T: %v", sudo, want, err, err)
+			}
+			if b, _ := os.ReadFile(dst); string(b) != "old agent\n" {
+				t.Fatalf("destination replaced by corrupted data (%d bytes)", len(b))
+			}
+			noTempFiles(t, dir)
+			assertMessage(t, err)
+		}
+	}
+}

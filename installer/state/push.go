@@ -14,14 +14,17 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
 	"github.com/skeema/knownhosts"
+	gossh "golang.org/x/crypto/ssh"
 )
 
 // Remote says where and how to push the state repo.
 type Remote struct {
 	// URL is an SSH URL (ssh://user@host:port/path or user@host:path).
 	URL string
-	// KeyFile is the private key to authenticate with.
-	KeyFile string
+	// KeyFile is the private key to authenticate with; when empty, the keys
+	// of the ssh-agent at $SSH_AUTH_SOCK are used (UseAgent must be set).
+	KeyFile  string
+	UseAgent bool
 	// KnownHostsFile verifies the remote's host key; it is required.
 	KnownHostsFile string
 }
@@ -38,8 +41,8 @@ func (r *Repo) Push(ctx context.Context, rm Remote) error {
 	if rm.KnownHostsFile == "" {
 		return errors.New("pushing the state repo: a known_hosts file for the remote is required")
 	}
-	if rm.KeyFile == "" {
-		return errors.New("pushing the state repo: a key file for the remote is required")
+	if rm.KeyFile == "" && !rm.UseAgent {
+		return errors.New("pushing the state repo: a key file for the remote (or the ssh-agent) is required")
 	}
 	ep, err := transport.NewEndpoint(rm.URL)
 	if err != nil {
@@ -54,9 +57,9 @@ func (r *Repo) Push(ctx context.Context, rm Remote) error {
 	}
 	hostPort := dialedAddr(ep)
 
-	auth, err := gitssh.NewPublicKeysFromFile(user, rm.KeyFile, "")
+	auth, err := pushAuth(user, rm)
 	if err != nil {
-		return fmt.Errorf("pushing the state repo: key %s: %w", rm.KeyFile, err)
+		return err
 	}
 	// go-git would fall back to ~/.ssh/known_hosts for a missing file.
 	if _, err := os.Stat(rm.KnownHostsFile); err != nil {
@@ -66,11 +69,10 @@ func (r *Repo) Push(ctx context.Context, rm Remote) error {
 	if err != nil {
 		return fmt.Errorf("pushing the state repo: known_hosts %s: %w", rm.KnownHostsFile, err)
 	}
-	auth.HostKeyCallback = db.HostKeyCallback()
 	// Ask the server for a key of a type known_hosts has for it: by
 	// default it would send its preferred one, which known_hosts may lack
 	// (a "key mismatch" for a host whose other key is known).
-	auth.HostKeyAlgorithms = db.HostKeyAlgorithms(hostPort)
+	auth.setHostKeys(db.HostKeyCallback(), db.HostKeyAlgorithms(hostPort))
 	if err := r.setRemote(rm.URL); err != nil {
 		return fmt.Errorf("pushing the state repo: %w", err)
 	}
@@ -80,7 +82,7 @@ func (r *Repo) Push(ctx context.Context, rm Remote) error {
 		done <- r.git.PushContext(ctx, &git.PushOptions{
 			RemoteName: remoteName,
 			RefSpecs:   []config.RefSpec{config.RefSpec("refs/heads/" + branch + ":refs/heads/" + branch)},
-			Auth:       auth,
+			Auth:       auth.AuthMethod,
 		})
 	}()
 	select {
@@ -104,6 +106,31 @@ func (r *Repo) Push(ctx context.Context, rm Remote) error {
 	default:
 		return fmt.Errorf("pushing the state repo to %s: %w", rm.URL, err)
 	}
+}
+
+// hostKeyAuth is a go-git SSH auth method whose host key checking we set.
+type hostKeyAuth struct {
+	gitssh.AuthMethod
+	setHostKeys func(cb gossh.HostKeyCallback, algos []string)
+}
+
+// pushAuth authenticates with the key file, or with the ssh-agent.
+func pushAuth(user string, rm Remote) (hostKeyAuth, error) {
+	if rm.KeyFile != "" {
+		a, err := gitssh.NewPublicKeysFromFile(user, rm.KeyFile, "")
+		if err != nil {
+			return hostKeyAuth{}, fmt.Errorf("pushing the state repo: key %s: %w", rm.KeyFile, err)
+		}
+		return hostKeyAuth{a, func(cb gossh.HostKeyCallback, algos []string) { a.HostKeyCallback, a.HostKeyAlgorithms = cb, algos }}, nil
+	}
+	if os.Getenv("SSH_AUTH_SOCK") == "" {
+		return hostKeyAuth{}, errors.New("pushing the state repo: no key file for the remote and SSH_AUTH_SOCK is empty (is ssh-agent running?)")
+	}
+	a, err := gitssh.NewSSHAgentAuth(user)
+	if err != nil {
+		return hostKeyAuth{}, fmt.Errorf("pushing the state repo: ssh-agent: %w", err)
+	}
+	return hostKeyAuth{a, func(cb gossh.HostKeyCallback, algos []string) { a.HostKeyCallback, a.HostKeyAlgorithms = cb, algos }}, nil
 }
 
 func (r *Repo) setRemote(u string) error {

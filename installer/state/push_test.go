@@ -20,6 +20,7 @@ import (
 
 	"castellan/installer/engine"
 	"castellan/installer/ssh/sshtest"
+	"castellan/installer/testenv"
 )
 
 // pushLab is a loopback sshd (go-git dials by itself: it cannot enter a
@@ -36,11 +37,7 @@ func newPushLab(t *testing.T) *pushLab {
 	sshtest.Require(t)
 	for _, tool := range []string{"git", "git-receive-pack"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			msg := fmt.Sprintf("pushing over SSH needs %s on the PATH (apt-get install -y git): %v", tool, err)
-			if os.Getenv(sshtest.RequireEnv) == "1" {
-				t.Fatalf("%s (%s=1 makes this a failure)", msg, sshtest.RequireEnv)
-			}
-			t.Skip(msg)
+			testenv.Missing(t, "pushing over SSH needs %s on the PATH (apt-get install -y git): %v", tool, err)
 		}
 	}
 	lab := sshtest.New(t, sshtest.Options{Nodes: 1, Loopback: true})
@@ -111,10 +108,7 @@ func TestPushOverSSH(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, map[string][]byte{"n1/mesh/wg.conf": []byte("peer a\n")}, "mesh")
 	bare := l.bare(t, "state.git")
 	// One key type only, as `ssh-keyscan -t ed25519` gives, while the
@@ -176,7 +170,7 @@ func TestPushOverSSH(t *testing.T) {
 	l.git(t, clone, "push", "-q", "origin", "main")
 	diverged := strings.TrimSpace(l.git(t, bare, "rev-parse", "main"))
 	commitRun(t, r, "v: 3\n", engine.OutcomeOK, nil)
-	err = r.Push(ctx, rm)
+	err := r.Push(ctx, rm)
 	if err == nil {
 		t.Fatal("push over a diverged remote succeeded")
 	}
@@ -212,10 +206,7 @@ func TestPushHostKeyChecked(t *testing.T) {
 	l := newPushLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, nil)
 	bare := l.bare(t, "state.git")
 
@@ -263,10 +254,7 @@ func TestPushHostKeyChecked(t *testing.T) {
 // (a wedged sshd) does not hold Push past its context.
 func TestPushHonoursContext(t *testing.T) {
 	l := newPushLab(t)
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, nil)
 	bare := l.bare(t, "state.git")
 	rm := Remote{URL: l.url(bare), KeyFile: l.KeyFile, KnownHostsFile: l.WriteKnownHosts(sshtest.KnownHostsOptions{})}
@@ -316,10 +304,7 @@ func TestPushThroughSSHConfigAlias(t *testing.T) {
 	t.Cleanup(func() { gitssh.DefaultSSHConfig = orig })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, nil)
 	bare := l.bare(t, "state.git")
 	rm := Remote{URL: l.User + "@state-remote:" + bare, KeyFile: l.KeyFile, KnownHostsFile: knownHosts(t, l.node.KnownHostsLine(sshtest.Ed25519, false))}

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"encoding/json"
 	"time"
 
 	"castellan/installer/engine"
@@ -25,20 +26,42 @@ type Record struct {
 	// Duration is Finished-Started, kept for readers of the JSON.
 	Duration time.Duration `json:"duration"`
 	// Nodes and OnlyPhases are the run's targets (--nodes, --only).
-	Nodes      []string             `json:"nodes"`
-	OnlyPhases []string             `json:"onlyPhases,omitempty"`
-	Outcome    engine.Outcome       `json:"outcome"`
-	Error      string               `json:"error,omitempty"`
-	Phases     []engine.PhaseResult `json:"phases"`
-	// Facts are what preflight observed on each node.
-	Facts map[string]facts.Node `json:"facts,omitempty"`
-	// AcceptedHostKeys lists host keys recorded with --accept-new-host-keys.
-	AcceptedHostKeys []string `json:"acceptedHostKeys,omitempty"`
+	Nodes      []string `json:"nodes"`
+	OnlyPhases []string `json:"onlyPhases,omitempty"`
+	// Outcome is running while the run runs, died for a run that was killed.
+	Outcome engine.Outcome       `json:"outcome"`
+	Error   string               `json:"error,omitempty"`
+	Phases  []engine.PhaseResult `json:"phases"`
+	// NodeErrors holds each failed node's first error, in full.
+	NodeErrors map[string]string `json:"nodeErrors,omitempty"`
+	// Outputs are what phases published and chose to record, by output
+	// ("phase.name") and node (e.g. preflight.facts).
+	Outputs map[string]map[string]json.RawMessage `json:"outputs,omitempty"`
+	// TrustedHostKeys lists host keys the run wrote to known_hosts
+	// (--accept-new-host-keys), as "NODE (ADDR) TYPE SHA256:...".
+	TrustedHostKeys []string `json:"trustedHostKeys,omitempty"`
 	// Warnings are shown in every summary of this run (e.g. an insecure opt-out).
 	Warnings []string `json:"warnings,omitempty"`
 }
 
-// Failed reports whether the run failed or was interrupted.
+// Failed reports whether the run failed, was interrupted or died.
 func (r *Record) Failed() bool {
-	return r.Outcome == engine.OutcomeFailed || r.Outcome == engine.OutcomeInterrupted
+	switch r.Outcome {
+	case engine.OutcomeFailed, engine.OutcomeInterrupted, engine.OutcomeDied:
+		return true
+	}
+	return false
+}
+
+// NodeFacts returns what preflight observed on node in this run.
+func (r *Record) NodeFacts(node string) (facts.Node, bool) {
+	raw, ok := r.Outputs[facts.Key.String()][node]
+	if !ok {
+		return facts.Node{}, false
+	}
+	var f facts.Node
+	if err := json.Unmarshal(raw, &f); err != nil {
+		return facts.Node{}, false
+	}
+	return f, true
 }

@@ -10,7 +10,16 @@
 //	rendered/NODE/PHASE/...      files rendered for a node (NODE "cluster" for cluster-wide ones)
 //	secrets/NAME.age             secrets, age-encrypted to recipients.txt
 //	recipients.txt               who can read the secrets
+//	data/PHASE/...               what phases keep between runs (never secret)
 //	runs/NNNNNN.json             the record of run NNNNNN
+//
+// Life of a run: the installer takes the run lock (LockDir) and opens the
+// repo read-only (Open) while it plans; nothing is written until the plan
+// is confirmed. Then it creates the repo if needed (Create), commits what an
+// earlier run left (Recover: a run that died is committed as died, under its
+// own number), re-encrypts secrets if the recipients changed (Rekey, all or
+// nothing), writes the new run's record (BeginRun, so a killed run is never
+// lost and its number never reused), runs, and commits (Commit).
 package state
 
 import (
@@ -31,7 +40,8 @@ import (
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
-	"github.com/gofrs/flock"
+
+	"castellan/installer/engine"
 )
 
 // Paths inside the state repo.
@@ -39,12 +49,13 @@ const (
 	ProfileFile    = "profile.yaml"
 	KnownHostsFile = "known_hosts"
 	RenderedDir    = "rendered"
+	dataDir        = "data"
 	secretsDir     = "secrets"
 	runsDir        = "runs"
 	recipientsFile = "recipients.txt"
 	readmeFile     = "README.md"
 	ignoreFile     = ".gitignore"
-	lockFile       = "castellan.lock" // inside .git, never committed
+	rekeyDir       = "castellan-rekey" // inside .git: the journal of a re-encryption
 	branch         = "main"
 )
 
@@ -61,32 +72,125 @@ type Repo struct {
 	dir  string
 	git  *git.Repository
 	keys *Keys
-	lock *flock.Flock
 }
 
-// ErrLocked is returned when another castellan holds the repo's lock.
-var ErrLocked = errors.New("state repo is locked")
+// ErrNotStateRepo is returned for a directory that is not a castellan state
+// repo (and which castellan therefore never writes to).
+var ErrNotStateRepo = errors.New("not a castellan state repo")
 
-// Open opens the state repo at dir, creating it (with a first commit that
-// explains the layout) when it does not exist. keys may be nil for read-only
-// use (history, diff); secrets then cannot be read or written.
+// readmeHeading starts the README.md of every state repo; it is how a state
+// repo is recognised.
+const readmeHeading = "# castellan state\n"
+
+// Open opens an existing state repo without writing anything. keys may be
+// nil for read-only use (history, diff); secrets then cannot be read. It
+// fails with ErrNotStateRepo when dir holds no castellan state repo.
 func Open(dir string, keys *Keys) (*Repo, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("state repo path %s: %w", dir, err)
 	}
-	r := &Repo{dir: abs, keys: keys}
-	r.git, err = git.PlainOpen(abs)
+	g, err := git.PlainOpen(abs)
 	if errors.Is(err, git.ErrRepositoryNotExists) {
-		return r, r.create()
+		return nil, fmt.Errorf("%s: %w (no runs yet?)", abs, ErrNotStateRepo)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("opening state repo %s: %w", abs, err)
 	}
+	r := &Repo{dir: abs, git: g, keys: keys}
+	if err := r.checkOurs(); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
-// Exists reports whether dir holds a state repo (a git repository).
+// checkOurs makes sure the repository is castellan's: its README.md (in
+// HEAD) starts with castellan's heading.
+func (r *Repo) checkOurs() error {
+	head, err := r.git.Head()
+	if err != nil {
+		return fmt.Errorf("%s is a git repository without commits, %w: choose an empty or new directory for spec.state.repo", r.dir, ErrNotStateRepo)
+	}
+	c, err := r.git.CommitObject(head.Hash())
+	if err != nil {
+		return fmt.Errorf("state repo %s: HEAD: %w", r.dir, err)
+	}
+	data, err := fileIn(c, readmeFile)
+	if err != nil || !bytes.HasPrefix(data, []byte(readmeHeading)) {
+		return fmt.Errorf("%s is a git repository that castellan did not create, %w: castellan never writes into another repository; choose an empty or new directory for spec.state.repo", r.dir, ErrNotStateRepo)
+	}
+	return nil
+}
+
+// Check tells, without writing, whether a run may use dir as its state repo:
+// nil when it is a castellan state repo, or does not exist, or is an empty
+// directory (Create makes it one). A directory holding anything else, or
+// another git repository, is refused: castellan would otherwise write its
+// files into it and commit onto the user's branch.
+func Check(dir string) error {
+	ok, err := Exists(dir)
+	if err != nil {
+		return err
+	}
+	if ok {
+		_, err := Open(dir, nil)
+		return err
+	}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("state repo %s: %w", dir, err)
+	}
+	if len(entries) > 0 {
+		names := make([]string, 0, 3)
+		for _, e := range entries[:min(3, len(entries))] {
+			names = append(names, e.Name())
+		}
+		return fmt.Errorf("%s already holds files (%s) and is not a castellan state repo, %w: choose an empty or new directory for spec.state.repo", dir, strings.Join(names, ", "), ErrNotStateRepo)
+	}
+	return nil
+}
+
+// Create creates the state repo at dir (with a first commit that explains
+// the layout), or opens it when it exists. The caller must hold the run lock
+// (LockDir); once the directory exists it is added to the lock. dir must
+// pass Check.
+func Create(dir string, keys *Keys, lock *Lock) (*Repo, error) {
+	if err := Check(dir); err != nil {
+		return nil, err
+	}
+	if ok, err := Exists(dir); err != nil {
+		return nil, err
+	} else if ok {
+		if !lock.Holds(dir) {
+			if err := lock.Also(dir); err != nil {
+				return nil, err
+			}
+		}
+		return Open(dir, keys)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state repo path %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state repo %s: %w", abs, err)
+	}
+	if err := lock.Also(abs); err != nil {
+		return nil, err
+	}
+	r := &Repo{dir: abs, keys: keys}
+	return r, r.create()
+}
+
+// SetKeys replaces the keys the repo reads and writes secrets with (once the
+// run may create a local identity).
+func (r *Repo) SetKeys(keys *Keys) { r.keys = keys }
+
+// Exists reports whether dir holds a git repository (Open tells whether it
+// is castellan's).
 func Exists(dir string) (bool, error) {
 	_, err := os.Stat(filepath.Join(dir, ".git", "HEAD"))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -112,7 +216,7 @@ func (r *Repo) create() error {
 		return fmt.Errorf("creating state repo %s: %w", r.dir, err)
 	}
 	r.git = g
-	readme := "# castellan state\n\nEvery castellan run on this cluster is one commit here. " +
+	readme := readmeHeading + "\nEvery castellan run on this cluster is one commit here. " +
 		"See `castellan history`, `castellan diff` and `castellan rollback`.\n" +
 		"Do not edit by hand: castellan commits what it finds left uncommitted as a recovery.\n" +
 		"Secrets under secrets/ are age-encrypted to the recipients in recipients.txt.\n"
@@ -137,6 +241,7 @@ const gitignore = `# castellan commits only its own paths.
 !/known_hosts
 !/recipients.txt
 !/rendered/
+!/data/
 !/runs/
 !/secrets/
 /runs/*
@@ -154,41 +259,16 @@ func (r *Repo) ensureIgnore() error {
 	return r.writeFile(ignoreFile, []byte(gitignore))
 }
 
-// Lock takes the repo's run lock, so that two applies never run on one
-// state repo at once. The lock is an flock: it dies with the process.
-func (r *Repo) Lock() error {
-	path := filepath.Join(r.dir, ".git", lockFile)
-	fl := flock.New(path)
-	ok, err := fl.TryLock()
-	if err != nil {
-		return fmt.Errorf("locking state repo: %w", err)
-	}
-	if !ok {
-		holder, _ := os.ReadFile(path)
-		return fmt.Errorf("%w: %s is in use by another castellan run (%s); wait for it to finish", ErrLocked, r.dir, strings.TrimSpace(string(holder)))
-	}
-	host, _ := os.Hostname()
-	info := fmt.Sprintf("pid %d on %s since %s", os.Getpid(), host, time.Now().UTC().Format(time.RFC3339))
-	if err := os.WriteFile(path, []byte(info+"\n"), 0o600); err != nil {
-		fl.Unlock()
-		return fmt.Errorf("locking state repo: %w", err)
-	}
-	r.lock = fl
-	return nil
-}
-
-// Unlock releases the run lock.
-func (r *Repo) Unlock() {
-	if r.lock != nil {
-		r.lock.Unlock()
-		r.lock = nil
-	}
-}
-
 // Recover commits whatever an interrupted run left in the worktree (a secret
 // written before the crash, for example) so that nothing is lost and the
-// history stays consistent. It reports whether there was anything.
+// history stays consistent, after finishing or discarding a re-encryption
+// that was cut off. A run record left behind is committed as that run; a
+// record still saying "running" belongs to a run that died, and is committed
+// as died. It reports whether there was anything. The caller holds the lock.
 func (r *Repo) Recover() (bool, error) {
+	if err := r.finishRekey(); err != nil {
+		return false, err
+	}
 	if err := r.ensureIgnore(); err != nil {
 		return false, err
 	}
@@ -197,16 +277,46 @@ func (r *Repo) Recover() (bool, error) {
 		return false, err
 	}
 	const note = "The previous run stopped before it could commit; these files were in the worktree."
-	// A run that wrote its record but failed to commit is committed as that
-	// run, so history has no gap.
 	if rec, err := r.uncommittedRecord(); err != nil {
 		return false, err
 	} else if rec != nil {
+		if rec.Outcome == engine.OutcomeRunning {
+			rec.Outcome = engine.OutcomeDied
+			rec.Error = "the run ended without recording its end (the process was killed or its machine stopped); what it had written is committed with this record, and the next run continued from it"
+			if fi, err := os.Stat(filepath.Join(r.dir, recordPath(rec.Number))); err == nil {
+				rec.Finished = fi.ModTime().UTC()
+			}
+			if err := r.writeRecord(rec); err != nil {
+				return false, err
+			}
+		}
 		_, err = r.commitAll(commitMessage(rec)+"Castellan-Recovered: true\n", rec)
 		return err == nil, err
 	}
 	_, err = r.commitAll("castellan: recover changes left by an interrupted run\n\n"+note+"\n", nil)
 	return err == nil, err
+}
+
+// Uncommitted returns the record of a run that started but is not committed
+// (it is running, or it died and no run has recovered it yet), or nil.
+func (r *Repo) Uncommitted() (*Record, error) { return r.uncommittedRecord() }
+
+// BeginRun writes the record of a run that starts now (its outcome
+// "running"), durably, before any node is touched: if the process is killed,
+// the next run finds it and commits it as died, and its number is never
+// given to another run. The caller holds the lock and has called Recover.
+func (r *Repo) BeginRun(rec *Record) error {
+	run := *rec
+	run.Outcome = engine.OutcomeRunning
+	return r.writeRecord(&run)
+}
+
+func (r *Repo) writeRecord(rec *Record) error {
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding run record: %w", err)
+	}
+	return r.writeFile(recordPath(rec.Number), append(data, '\n'))
 }
 
 // uncommittedRecord returns the newest run record in the worktree that HEAD
@@ -319,10 +429,23 @@ func (r *Repo) Put(name string, value []byte) error {
 	return r.writeFile(rel, cipher)
 }
 
-// Rekey re-encrypts every secret when the recipients changed. Apply calls
-// it before any node is touched, so a secret that cannot be re-encrypted
-// stops the run early instead of failing its commit.
+// Rekey re-encrypts every secret when the recipients changed, all or
+// nothing: the re-encrypted secrets and the new recipients.txt are first
+// written to a journal inside .git and marked complete, then moved into
+// place; Recover finishes a journal that is complete and discards one that
+// is not, so a crash never leaves secrets encrypted to mixed recipients.
+// Apply calls it before any node is touched, so a secret that cannot be
+// re-encrypted stops the run early.
 func (r *Repo) Rekey() error {
+	if err := r.stageRekey(); err != nil {
+		return err
+	}
+	return r.finishRekey()
+}
+
+// stageRekey writes the journal of a re-encryption, when the recipients
+// changed, and marks it complete.
+func (r *Repo) stageRekey() error {
 	if r.keys == nil {
 		return nil
 	}
@@ -331,13 +454,17 @@ func (r *Repo) Rekey() error {
 	if err == nil && string(have) == want {
 		return nil
 	}
+	journal := filepath.Join(r.dir, ".git", rekeyDir)
+	if err := os.RemoveAll(journal); err != nil {
+		return fmt.Errorf("state repo: %w", err)
+	}
 	root := filepath.Join(r.dir, secretsDir)
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".age") {
 			return err
 		}
-		rel, _ := filepath.Rel(root, p)
-		name := strings.TrimSuffix(filepath.ToSlash(rel), ".age")
+		rel, _ := filepath.Rel(r.dir, p)
+		name := strings.TrimSuffix(strings.TrimPrefix(filepath.ToSlash(rel), secretsDir+"/"), ".age")
 		cipher, err := os.ReadFile(p)
 		if err != nil {
 			return err
@@ -350,13 +477,111 @@ func (r *Repo) Rekey() error {
 		if err != nil {
 			return err
 		}
-		return r.writeFile(filepath.Join(secretsDir, rel), out)
+		return writeDurable(filepath.Join(journal, rel), out)
 	})
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		_ = os.RemoveAll(journal)
 		return err
 	}
-	return r.writeFile(recipientsFile, []byte(want))
+	if err := writeDurable(filepath.Join(journal, recipientsFile), []byte(want)); err != nil {
+		return err
+	}
+	return writeDurable(filepath.Join(journal, ".complete"), nil)
 }
+
+// finishRekey moves a complete journal's files into place, or discards an
+// incomplete one.
+func (r *Repo) finishRekey() error {
+	journal := filepath.Join(r.dir, ".git", rekeyDir)
+	if _, err := os.Stat(journal); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(journal, ".complete")); err != nil {
+		return os.RemoveAll(journal)
+	}
+	err := filepath.WalkDir(journal, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() == ".complete" {
+			return err
+		}
+		rel, _ := filepath.Rel(journal, p)
+		dst := filepath.Join(r.dir, rel)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return err
+		}
+		return os.Rename(p, dst)
+	})
+	if err != nil {
+		return fmt.Errorf("state repo: finishing the re-encryption of secrets: %w", err)
+	}
+	return os.RemoveAll(journal)
+}
+
+// writeDurable writes a file and fsyncs it and its directory.
+func writeDurable(p string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return fmt.Errorf("state repo: %w", err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("state repo: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("state repo: writing %s: %w", p, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("state repo: writing %s: %w", p, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("state repo: writing %s: %w", p, err)
+	}
+	return syncDir(filepath.Dir(p))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("state repo: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("state repo: syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Data returns what a phase stored under name ("PHASE/NAME"; engine.Store).
+func (r *Repo) Data(name string) ([]byte, bool, error) {
+	rel, err := dataPath(name)
+	if err != nil {
+		return nil, false, err
+	}
+	data, err := os.ReadFile(filepath.Join(r.dir, rel))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("reading state data %s: %w", name, err)
+	}
+	return data, true, nil
+}
+
+// PutData stores a phase's data in plain text (engine.Store): written at
+// once, committed with the run. It must never be a secret.
+func (r *Repo) PutData(name string, value []byte) error {
+	rel, err := dataPath(name)
+	if err != nil {
+		return err
+	}
+	return r.writeFile(rel, value)
+}
+
+// Secret reads a secret (engine.Store).
+func (r *Repo) Secret(name string) ([]byte, bool, error) { return r.Get(name) }
+
+// PutSecret stores a secret (engine.Store).
+func (r *Repo) PutSecret(name string, value []byte) error { return r.Put(name, value) }
 
 // NextRunNumber is the number the next run will get.
 func (r *Repo) NextRunNumber() (int, error) {
@@ -408,11 +633,7 @@ func (r *Repo) Commit(s Snapshot) (plumbing.Hash, error) {
 	if err := r.replaceRendered(s.Nodes, s.Rendered); err != nil {
 		return plumbing.ZeroHash, err
 	}
-	data, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return plumbing.ZeroHash, fmt.Errorf("encoding run record: %w", err)
-	}
-	if err := r.writeFile(recordPath(rec.Number), append(data, '\n')); err != nil {
+	if err := r.writeRecord(rec); err != nil {
 		return plumbing.ZeroHash, err
 	}
 	return r.commitAll(commitMessage(rec), rec)
@@ -528,7 +749,7 @@ func managed(p string) bool {
 		return true
 	}
 	switch {
-	case strings.HasPrefix(p, RenderedDir+"/"):
+	case strings.HasPrefix(p, RenderedDir+"/"), strings.HasPrefix(p, dataDir+"/"):
 		return true
 	case strings.HasPrefix(p, runsDir+"/"):
 		return strings.HasSuffix(p, ".json")

@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,10 +10,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"filippo.io/age"
 	"filippo.io/age/agessh"
 
+	"castellan/installer/localfile"
 	"castellan/installer/profile"
 )
 
@@ -100,8 +103,13 @@ func LoadKeys(recipients []string, identityFile string, create bool) (*Keys, err
 	return k, nil
 }
 
+// maxIdentityFile bounds an age identity file (bytes).
+const maxIdentityFile = 64 << 10
+
 func readIdentities(path string) ([]age.Identity, error) {
-	data, err := os.ReadFile(path)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	data, err := localfile.Read(ctx, path, maxIdentityFile)
 	if err != nil {
 		return nil, fmt.Errorf("reading age identity: %w", err)
 	}
@@ -150,6 +158,14 @@ func secretPath(name string) (string, error) {
 		return "", fmt.Errorf("invalid secret name %q: use lowercase letters, digits, '.', '_', '-' and '/'", name)
 	}
 	return filepath.Join(secretsDir, filepath.FromSlash(name)+".age"), nil
+}
+
+// dataPath is where a phase's data lives in the repo.
+func dataPath(name string) (string, error) {
+	if !secretName.MatchString(name) || strings.Contains(name, "..") {
+		return "", fmt.Errorf("invalid state data name %q: use lowercase letters, digits, '.', '_', '-' and '/'", name)
+	}
+	return filepath.Join(dataDir, filepath.FromSlash(name)), nil
 }
 
 func (k *Keys) encrypt(plain []byte) ([]byte, error) {

@@ -1,10 +1,12 @@
 package state
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,10 +67,7 @@ func gitCLI(t *testing.T, dir string, args ...string) string {
 
 func TestCommitHistoryDiff(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	r, err := Open(dir, testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, dir, testKeys(t))
 	commitRun(t, r, "v: 1\n", engine.OutcomeOK, map[string][]byte{
 		"n1/mesh/wg.conf":    []byte("peer a\n"),
 		"n1/rke2/config.yml": []byte("x: 1\n"),
@@ -122,10 +121,7 @@ func TestCommitHistoryDiff(t *testing.T) {
 func TestSecretsNeverInPlaintext(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	keys := testKeys(t)
-	r, err := Open(dir, keys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, dir, keys)
 	secrets := map[string]string{
 		"rke2/token":              "K10-super-secret-token-5f1e2d",
 		"diskcrypt/n1/vdb":        "recovery-passphrase-correct-horse",
@@ -204,10 +200,7 @@ func mustRecipient(t *testing.T) string {
 }
 
 func TestPutUnchangedIsNoop(t *testing.T) {
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	if err := r.Put("a", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
@@ -223,72 +216,125 @@ func TestPutUnchangedIsNoop(t *testing.T) {
 	}
 }
 
+// newRepo creates a state repo under the run lock, as a run does; the lock
+// is held until the test ends.
+func newRepo(t *testing.T, dir string, keys *Keys) *Repo {
+	t.Helper()
+	r, lock := newRepoLocked(t, dir, keys)
+	t.Cleanup(lock.Unlock)
+	return r
+}
+
+func newRepoLocked(t *testing.T, dir string, keys *Keys) (*Repo, *Lock) {
+	t.Helper()
+	lock, err := LockDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Create(dir, keys, lock)
+	if err != nil {
+		lock.Unlock()
+		t.Fatal(err)
+	}
+	return r, lock
+}
+
 func TestLock(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "state")
-	a, err := Open(dir, nil)
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "state")
+	// Before the repo exists, its parent is locked: a second first run waits.
+	a, err := LockDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Lock(); err != nil {
+	if _, err := LockDir(dir); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), fmt.Sprintf("process %d", os.Getpid())) {
+		t.Fatalf("second LockDir while the repo does not exist: %v", err)
+	}
+	if _, err := Create(dir, nil, a); err != nil {
 		t.Fatal(err)
 	}
-	b, err := Open(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = b.Lock()
-	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
-		t.Fatalf("second Lock err = %v", err)
+	// Now the repo's own directory is locked too: a run starting after the
+	// creation waits as well.
+	if _, err := LockDir(dir); !errors.Is(err, ErrLocked) {
+		t.Fatalf("LockDir of the created repo while its creator runs: %v", err)
 	}
 	a.Unlock()
-	if err := b.Lock(); err != nil {
-		t.Fatalf("Lock after Unlock: %v", err)
+	b, err := LockDir(dir)
+	if err != nil {
+		t.Fatalf("LockDir after Unlock: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".git", "castellan.lock")); err == nil {
+		t.Error("the lock wrote a file")
 	}
 	b.Unlock()
 }
 
-// TestLockHeldByAnotherProcess: the lock works across processes, and dies
-// with its holder (no stale lock after a crash).
-func TestLockHeldByAnotherProcess(t *testing.T) {
-	if _, err := exec.LookPath("flock"); err != nil {
-		t.Skip("flock(1) not installed")
+// lockHolderEnv makes the test binary a process that takes the lock of the
+// directory it names, says so, and holds it until its stdin closes.
+const lockHolderEnv = "CASTELLAN_TEST_LOCK_HOLDER"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(runHolderEnv); spec != "" {
+		runHolder(spec)
 	}
+	if dir := os.Getenv(lockHolderEnv); dir != "" {
+		l, err := LockDir(dir)
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		fmt.Println("locked")
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		l.Unlock()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestLockHeldByAnotherProcess: the lock works across processes, and dies
+// with its holder (no stale lock after a crash). The holder is killed with
+// SIGKILL and waited for, so nothing depends on scheduling.
+func TestLockHeldByAnotherProcess(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	r, err := Open(dir, nil)
+	_, lock := newRepoLocked(t, dir, nil)
+	lock.Unlock()
+
+	holder := exec.Command(os.Args[0], "-test.run=^$")
+	holder.Env = append(os.Environ(), lockHolderEnv+"="+dir)
+	stdin, err := holder.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// flock(1) -o keeps the lock off the sleep child, so killing flock frees it.
-	holder := exec.Command("flock", "-o", filepath.Join(dir, ".git", lockFile), "sleep", "30")
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err = r.Lock()
-		if errors.Is(err, ErrLocked) || time.Now().After(deadline) {
-			break
-		}
-		r.Unlock()
-		time.Sleep(20 * time.Millisecond)
+	defer stdin.Close()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "locked\n" {
+		t.Fatalf("holder said %q, %v", line, err)
 	}
-	if !errors.Is(err, ErrLocked) {
-		t.Fatalf("Lock while another process holds it: %v", err)
+	_, err = LockDir(dir)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), fmt.Sprintf("process %d", holder.Process.Pid)) {
+		t.Fatalf("LockDir while another process holds it: %v", err)
 	}
-	holder.Process.Kill()
-	holder.Wait()
-	if err := r.Lock(); err != nil {
-		t.Fatalf("Lock after the holder died: %v", err)
+	if err := holder.Process.Kill(); err != nil {
+		t.Fatal(err)
 	}
-	r.Unlock()
+	_ = holder.Wait()
+	l2, err := LockDir(dir)
+	if err != nil {
+		t.Fatalf("LockDir after the holder died: %v", err)
+	}
+	l2.Unlock()
 }
 
 func TestRecoverCommitsLeftovers(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	r, err := Open(dir, testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, dir, testKeys(t))
 	// A run stored a secret and then died before committing.
 	if err := r.Put("rke2/token", []byte("tok")); err != nil {
 		t.Fatal(err)
@@ -315,10 +361,7 @@ func TestRecoverCommitsLeftovers(t *testing.T) {
 // TestRenderedFilesOfOtherNodesStay: a run on some nodes replaces only those
 // nodes' files of the phases it rendered.
 func TestRenderedFilesOfOtherNodesStay(t *testing.T) {
-	r, err := Open(filepath.Join(t.TempDir(), "state"), testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, filepath.Join(t.TempDir(), "state"), testKeys(t))
 	commitRunOn(t, r, []string{"a", "b"}, "p\n", engine.OutcomeOK, map[string][]byte{
 		"a/mesh/wg.conf": []byte("a1"), "a/mesh/old.conf": []byte("gone soon"),
 		"b/mesh/wg.conf": []byte("b1"), "cluster/mesh/peers": []byte("c1"), "a/rke2/config": []byte("r1"),
@@ -344,10 +387,7 @@ func TestRenderedFilesOfOtherNodesStay(t *testing.T) {
 // plaintext key, a backup) is never committed.
 func TestOnlyManagedPathsAreCommitted(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	r, err := Open(dir, testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, dir, testKeys(t))
 	for _, f := range []string{"kubeconfig", "profile.yaml~", "secrets/plain.txt", "rendered/a/mesh/x"} {
 		os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o700)
 		if err := os.WriteFile(filepath.Join(dir, f), []byte("stray"), 0o600); err != nil {
@@ -375,10 +415,7 @@ func TestOnlyManagedPathsAreCommitted(t *testing.T) {
 // committed by the next Recover under its own number, so history has no gap.
 func TestRecoverCommitsALeftoverRunAsThatRun(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	r, err := Open(dir, testKeys(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRepo(t, dir, testKeys(t))
 	commitRun(t, r, "p\n", engine.OutcomeOK, nil)
 	rec := &Record{Number: 2, Command: "apply", Outcome: engine.OutcomeFailed, Error: "boom", Nodes: []string{"n1"}}
 	data, _ := json.Marshal(rec)

@@ -62,6 +62,7 @@ type requirements struct {
 	wireguard bool
 	ports     []facts.Port
 	owners    map[string][]string // "udp/51871" -> processes that may hold it
+	devices   []string            // the data disks' device paths, as the profile names them
 }
 
 func requirementsFor(p *profile.Profile, n profile.Node) requirements {
@@ -70,6 +71,9 @@ func requirementsFor(p *profile.Profile, n profile.Node) requirements {
 		tpm:       p.Spec.Identity.TPM == profile.TPMRequired,
 		wireguard: profile.On(p.Spec.Mesh.Enabled),
 		owners:    map[string][]string{},
+	}
+	for _, d := range n.DataDisks {
+		r.devices = append(r.devices, d.Device)
 	}
 	if r.wireguard {
 		r.ports = append(r.ports, facts.Port{Port: p.Spec.Mesh.Port, Protocol: "udp"})
@@ -145,23 +149,10 @@ func check(r requirements, f facts.Node) []Problem {
 			errf("port %s is in use by %s: %s needs it; stop that service or change the port in the profile", key, holder, portPurpose(key))
 		}
 	}
-	for _, d := range r.node.DataDisks {
-		disk, ok := f.Disk(d.Device)
-		if !ok {
-			errf("data disk %s does not exist: attach it, or fix spec.nodes[%s].dataDisks (disks here: %s)", d.Device, r.node.Name, diskNames(f.Disks))
-			continue
-		}
-		switch {
-		case disk.ReadOnly:
-			errf("data disk %s is read-only", d.Device)
-		case disk.Mounted:
-			errf("data disk %s (or a partition of it) is mounted: it is in use by the system; castellan never touches a disk in use", d.Device)
-		case len(disk.Holders) > 0:
-			errf("data disk %s is in use by %s (device mapper: LVM, dm-crypt or RAID): castellan never touches a disk in use; free it or choose another", d.Device, strings.Join(disk.Holders, ", "))
-		case disk.SizeB < minDataDisk:
-			errf("data disk %s has %s: at least %s is needed", d.Device, bytesHuman(disk.SizeB), bytesHuman(minDataDisk))
-		}
-	}
+	ps = append(ps, checkDataDisks(r.node, f)...)
+	ps = append(ps, checkKubeletHost(f)...)
+	ps = append(ps, checkClock(f.Clock)...)
+	ps = append(ps, checkFirmware(r, f)...)
 	return ps
 }
 
@@ -222,4 +213,23 @@ func bytesHuman(b uint64) string {
 		return fmt.Sprintf("%d MiB", b>>20)
 	}
 	return fmt.Sprintf("%d B", b)
+}
+
+// castellansOwn reports whether a data disk holds castellan's own disk
+// encryption and nothing else: one LUKS2 header (either copy) carrying
+// castellan's token, held by nothing but device-mapper (its open dm-crypt
+// mapping), not mounted itself, no partitions. Such a disk belongs to the
+// disk encryption phase, which checks that its token names this cluster and
+// node: neither "holds data" nor "in use by device-mapper" applies to it.
+func castellansOwn(d facts.Disk) bool {
+	if len(d.Signatures) != 1 || d.Signatures[0].Type != "luks2" || d.Signatures[0].Device != "" ||
+		d.Signatures[0].LUKS == nil || !d.Signatures[0].LUKS.Castellan || d.Mounted || len(d.Partitions) > 0 {
+		return false
+	}
+	for _, h := range d.Holders {
+		if !strings.HasPrefix(h, "dm-") {
+			return false
+		}
+	}
+	return true
 }

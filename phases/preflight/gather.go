@@ -3,15 +3,13 @@ package preflight
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -24,6 +22,10 @@ type FactsRequest struct {
 	Ports []facts.Port `json:"ports"`
 	// SpacePaths are the directories whose filesystems' free space is reported.
 	SpacePaths []string `json:"spacePaths"`
+	// Devices are device paths to resolve on the node (the profile's data
+	// disks); whole disks among them are reported in Disks even where
+	// preflight would not list them (loop, md, dm).
+	Devices []string `json:"devices,omitempty"`
 }
 
 // gatherer reads facts from a node's /proc, /sys, /dev and /etc under root
@@ -31,6 +33,13 @@ type FactsRequest struct {
 // a file read or a syscall, so a whole gathering costs milliseconds.
 type gatherer struct {
 	root string
+	// self is the /proc directory of the gathering task, relative to root:
+	// "proc/self" on a node. Tests that gather from inside namespaces of
+	// their own OS thread use "proc/thread-self".
+	self string
+	// live adds what only syscalls can tell (statfs, adjtimex, mounting
+	// efivarfs or securityfs privately); off for fixture trees.
+	live bool
 }
 
 func (g gatherer) path(p string) string { return filepath.Join(g.root, p) }
@@ -43,12 +52,13 @@ func (g gatherer) read(p string) (string, error) {
 // Gather collects the facts of this machine. What cannot be read is listed
 // in Problems; the rest is returned all the same.
 func Gather(req FactsRequest) facts.Node {
-	return gatherer{root: "/"}.gather(req, true)
+	return gatherer{root: "/", self: "proc/self", live: true}.gather(req)
 }
 
-// gather collects facts; live adds what only syscalls can tell (statfs, adjtimex).
-func (g gatherer) gather(req FactsRequest, live bool) facts.Node {
+func (g gatherer) gather(req FactsRequest) facts.Node {
 	var n facts.Node
+	n.Clock.NodeReceived = time.Now() // T2 (T1 and T4 are the installer's: the engine times the exec)
+	problem := func(format string, a ...any) { n.Problems = append(n.Problems, fmt.Sprintf(format, a...)) }
 	n.Hostname, _ = g.read("proc/sys/kernel/hostname")
 	n.Kernel, _ = g.read("proc/sys/kernel/osrelease")
 	n.Arch = runtime.GOARCH
@@ -57,20 +67,48 @@ func (g gatherer) gather(req FactsRequest, live bool) facts.Node {
 	n.MemoryB = g.memTotal()
 	_, err := os.Stat(g.path("run/systemd/system"))
 	n.Systemd = err == nil
-	disks, err := g.disks()
+	mi, err := os.ReadFile(g.path(g.self + "/mountinfo"))
 	if err != nil {
-		n.Problems = append(n.Problems, fmt.Sprintf("listing disks: %v", err))
+		problem("reading the mount table: %v", err)
+	}
+	mounts := parseMountinfo(mi)
+	swaps, err := os.ReadFile(g.path("proc/swaps"))
+	if err != nil {
+		problem("reading the active swap areas: %v", err)
+	}
+	swapLines := parseSwaps(swaps)
+	for _, s := range swapLines {
+		n.Swap = append(n.Swap, facts.SwapArea{Path: s.Path, Type: s.Type, SizeB: s.SizeKiB << 10, UsedB: s.UsedKiB << 10, Priority: s.Priority})
+	}
+	include := map[string]bool{}
+	for _, p := range req.Devices {
+		d := g.device(p)
+		n.Devices = append(n.Devices, d)
+		if d.Disk != "" {
+			include[d.Disk] = true
+		}
+	}
+	disks, err := g.disks(include, mounts, swapLines)
+	if err != nil {
+		problem("listing disks: %v", err)
 	}
 	n.Disks = disks
 	n.TPM = g.tpm()
 	n.WireGuard = g.wireguard(n.Kernel)
-	if live {
+	n.Cgroup = g.cgroup(mounts)
+	fw, ps := g.firmware()
+	n.Firmware = fw
+	for _, p := range ps {
+		problem("%s", p)
+	}
+	if g.live {
 		n.Time = timeSync()
 		for _, p := range req.SpacePaths {
 			n.Space = append(n.Space, freeSpace(p))
 		}
 	}
 	n.Ports = g.ports(req.Ports)
+	n.Clock.NodeSent = time.Now() // T3
 	return n
 }
 
@@ -137,147 +175,6 @@ func (g gatherer) memTotal() uint64 {
 	return 0
 }
 
-// skipDisk leaves out devices that are never data disks.
-func skipDisk(name string) bool {
-	for _, p := range []string{"loop", "ram", "zram", "dm-", "sr", "fd", "md", "nbd"} {
-		if strings.HasPrefix(name, p) {
-			return true
-		}
-	}
-	return false
-}
-
-func (g gatherer) disks() ([]facts.Disk, error) {
-	entries, err := os.ReadDir(g.path("sys/block"))
-	if err != nil {
-		return nil, err
-	}
-	mounted := g.mountedDevices()
-	aliases := g.diskAliases()
-	var out []facts.Disk
-	for _, e := range entries {
-		name := e.Name()
-		if skipDisk(name) {
-			continue
-		}
-		base := "sys/block/" + name
-		d := facts.Disk{Name: name, Path: "/dev/" + name, Aliases: aliases[name]}
-		if s, err := g.read(base + "/size"); err == nil {
-			sectors, _ := strconv.ParseUint(s, 10, 64)
-			d.SizeB = sectors * 512
-		}
-		ro, _ := g.read(base + "/ro")
-		d.ReadOnly = ro == "1"
-		devs := []string{name}
-		if subs, err := os.ReadDir(g.path(base)); err == nil {
-			for _, s := range subs {
-				if _, err := os.Stat(g.path(base + "/" + s.Name() + "/partition")); err == nil {
-					d.Partitions = append(d.Partitions, s.Name())
-					devs = append(devs, s.Name())
-				}
-			}
-		}
-		for _, dev := range devs {
-			dir := base
-			if dev != name {
-				dir = base + "/" + dev
-			}
-			if hs, err := os.ReadDir(g.path(dir + "/holders")); err == nil {
-				for _, h := range hs {
-					d.Holders = append(d.Holders, h.Name())
-				}
-			}
-			if mounted[dev] {
-				d.Mounted = true
-			}
-		}
-		d.Signature = g.signature(d)
-		out = append(out, d)
-	}
-	return out, nil
-}
-
-func (g gatherer) signature(d facts.Disk) string {
-	f, err := os.Open(g.path("dev/" + d.Name))
-	if err != nil {
-		return "unreadable"
-	}
-	defer f.Close()
-	head := make([]byte, headBytes)
-	n, err := io.ReadFull(f, head)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return "unreadable"
-	}
-	head = head[:n]
-	var tail []byte
-	if d.SizeB > headBytes {
-		off := int64(d.SizeB) - tailBytes
-		if off < headBytes {
-			off = headBytes
-		}
-		tail = make([]byte, int64(d.SizeB)-off)
-		if n, err := f.ReadAt(tail, off); err != nil && !errors.Is(err, io.EOF) {
-			return "unreadable"
-		} else {
-			tail = tail[:n]
-		}
-	}
-	return DetectSignature(head, tail)
-}
-
-// mountedDevices returns the kernel names of mounted block devices, from
-// /proc/self/mountinfo's major:minor and /sys/dev/block.
-func (g gatherer) mountedDevices() map[string]bool {
-	out := map[string]bool{}
-	data, err := os.ReadFile(g.path("proc/self/mountinfo"))
-	if err != nil {
-		return out
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 3 {
-			continue
-		}
-		link, err := os.Readlink(g.path("sys/dev/block/" + f[2]))
-		if err != nil {
-			continue
-		}
-		out[filepath.Base(link)] = true
-	}
-	// Swap counts as in use.
-	if swaps, err := os.ReadFile(g.path("proc/swaps")); err == nil {
-		for _, line := range strings.Split(string(swaps), "\n")[1:] {
-			if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "/dev/") {
-				out[filepath.Base(f[0])] = true
-			}
-		}
-	}
-	return out
-}
-
-// diskAliases maps a disk's kernel name to the by-id and by-path links at it.
-func (g gatherer) diskAliases() map[string][]string {
-	out := map[string][]string{}
-	for _, dir := range []string{"dev/disk/by-id", "dev/disk/by-path"} {
-		entries, err := os.ReadDir(g.path(dir))
-		if err != nil {
-			continue
-		}
-		for _, e := range entries {
-			target, err := os.Readlink(g.path(dir + "/" + e.Name()))
-			if err != nil {
-				continue
-			}
-			name := filepath.Base(target)
-			out[name] = append(out[name], "/"+dir+"/"+e.Name())
-		}
-	}
-	for _, v := range out {
-		sort.Strings(v)
-	}
-	return out
-}
-
 func (g gatherer) tpm() facts.TPM {
 	t := facts.TPM{}
 	if _, err := os.Stat(g.path("dev/tpmrm0")); err == nil {
@@ -316,8 +213,19 @@ func timeSync() facts.TimeSync {
 	if err != nil {
 		return facts.TimeSync{Source: "unknown: " + err.Error()}
 	}
-	const staUnsync = 0x0040
-	return facts.TimeSync{Synchronized: state != unix.TIME_ERROR && tx.Status&staUnsync == 0, Source: "adjtimex"}
+	return timeSyncFrom(state, tx.Status, tx.Maxerror)
+}
+
+// timeSyncFrom reads adjtimex(2)'s answer: the clock is synchronised when
+// the state is not TIME_ERROR and STA_UNSYNC is clear (the test systemd's
+// timedatectl and chrony's tracking use).
+func timeSyncFrom(state int, status int32, maxErrorUs int64) facts.TimeSync {
+	const staUnsync = 0x0040 // STA_UNSYNC, include/uapi/linux/timex.h
+	ts := facts.TimeSync{Synchronized: state != unix.TIME_ERROR && status&staUnsync == 0, Source: "adjtimex"}
+	if ts.Synchronized {
+		ts.MaxErrorUs = maxErrorUs
+	}
+	return ts
 }
 
 func freeSpace(p string) facts.FreeSpace {
@@ -333,37 +241,27 @@ func freeSpace(p string) facts.FreeSpace {
 	}
 }
 
-// ports reports which of the wanted ports are in use, from /proc/net and
-// the socket inodes in /proc/*/fd.
+// ports reports which of the wanted ports are in use, from the gathering
+// task's network namespace (/proc/self/net) and the socket inodes in
+// /proc/*/fd. A TCP port is in use when a socket listens on it (an
+// established connection's local port does not stop a server binding it);
+// a UDP port when any socket is bound to it.
 func (g gatherer) ports(want []facts.Port) []facts.Port {
 	if len(want) == 0 {
 		return nil
 	}
 	inUse := map[string]uint64{} // "tcp/6443" -> socket inode
 	for _, proto := range []string{"tcp", "tcp6", "udp", "udp6"} {
-		data, err := os.ReadFile(g.path("proc/net/" + proto))
+		data, err := os.ReadFile(g.path(g.self + "/net/" + proto))
 		if err != nil {
 			continue
 		}
-		for _, line := range strings.Split(string(data), "\n")[1:] {
-			f := strings.Fields(line)
-			if len(f) < 10 {
+		tcp := strings.HasPrefix(proto, "tcp")
+		for _, s := range parseProcNet(data) {
+			if tcp && s.State != tcpListen {
 				continue
 			}
-			// TCP: only listening sockets (state 0A) hold a port for a server.
-			if strings.HasPrefix(proto, "tcp") && f[3] != "0A" {
-				continue
-			}
-			_, portHex, ok := strings.Cut(f[1], ":")
-			if !ok {
-				continue
-			}
-			port, err := strconv.ParseUint(portHex, 16, 16)
-			if err != nil {
-				continue
-			}
-			inode, _ := strconv.ParseUint(f[9], 10, 64)
-			inUse[fmt.Sprintf("%s/%d", strings.TrimSuffix(proto, "6"), port)] = inode
+			inUse[fmt.Sprintf("%s/%d", strings.TrimSuffix(proto, "6"), s.Local.Port())] = s.Inode
 		}
 	}
 	owners := g.socketOwners()

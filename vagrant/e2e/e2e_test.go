@@ -11,9 +11,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,19 +24,26 @@ import (
 	"time"
 
 	"castellan/installer/engine"
+	"castellan/installer/nodeid"
+	"castellan/installer/pki"
 	"castellan/installer/profile"
 	castssh "castellan/installer/ssh"
 	"castellan/installer/state"
+	"castellan/phases/identity/tpm2check"
 )
 
 // lab is a private copy of the lab directory: the lab's profile, key and
-// known_hosts, with a fresh state repo.
+// known_hosts, with a fresh state repo. The profile trusts the EK
+// certificates of the host's swtpm local CA, which provisions the VMs'
+// vTPMs (spec.identity.ekCACertificates).
 type lab struct {
 	dir     string
 	profile string
 	bin     string
 	p       *profile.Profile
 	pool    *castssh.Pool
+	// base is the profile as setup wrote it.
+	base []byte
 }
 
 func setup(t *testing.T) *lab {
@@ -48,10 +57,26 @@ func setup(t *testing.T) *lab {
 		writeFile(t, filepath.Join(dir, f), readFile(t, filepath.Join(src, f)))
 	}
 	l := &lab{dir: dir, profile: filepath.Join(dir, "profile.yaml"), bin: bin}
+	l.trustSWTPMLocalCA(t)
+	l.base = readFile(t, l.profile)
 	var err error
 	if l.p, err = profile.Load(l.profile, profile.ValidateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	l.connect(t)
+	t.Cleanup(func() { l.pool.Close() })
+	t.Setenv("CASTELLAN_AGE_IDENTITY", filepath.Join(dir, "age-identity.txt"))
+	return l
+}
+
+// connect (re)opens the SSH pool the checks use, with the current
+// known_hosts.
+func (l *lab) connect(t *testing.T) {
+	t.Helper()
+	if l.pool != nil {
+		l.pool.Close()
+	}
+	var err error
 	l.pool, err = castssh.NewPool(castssh.Config{
 		User: l.p.Spec.SSH.User, KeyFiles: []string{l.p.Resolve(l.p.Spec.SSH.KeyFile)},
 		KnownHostsFile: l.p.Resolve(l.p.Spec.SSH.KnownHosts), Sudo: true,
@@ -59,9 +84,30 @@ func setup(t *testing.T) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.pool.Close() })
-	t.Setenv("CASTELLAN_AGE_IDENTITY", filepath.Join(dir, "age-identity.txt"))
-	return l
+}
+
+// swtpmLocalCA is where Debian's swtpm_localca keeps the CA that signs the
+// EK certificates of the vTPMs libvirt provisions (/etc/swtpm-localca.conf).
+const swtpmLocalCA = "/var/lib/swtpm-localca"
+
+// trustSWTPMLocalCA copies the local CA's certificates beside the profile
+// and lists them in spec.identity.ekCACertificates.
+func (l *lab) trustSWTPMLocalCA(t *testing.T) {
+	t.Helper()
+	var pemData []byte
+	for _, f := range []string{"swtpm-localca-rootca-cert.pem", "issuercert.pem"} {
+		b, err := os.ReadFile(filepath.Join(swtpmLocalCA, f))
+		if err != nil {
+			t.Fatalf("the VMs' EK CA: %v (libvirt's swtpm_setup signs vTPM EK certificates with swtpm_localca's CA in %s)", err, swtpmLocalCA)
+		}
+		pemData = append(pemData, b...)
+	}
+	writeFile(t, filepath.Join(l.dir, "ek-ca.pem"), pemData)
+	raw := strings.TrimRight(string(readFile(t, l.profile)), "\n")
+	if strings.Contains(raw, "\n  identity:") {
+		t.Fatal("the lab profile already has spec.identity: update this test")
+	}
+	writeFile(t, l.profile, []byte(raw+"\n  identity:\n    ekCACertificates: [ek-ca.pem]\n"))
 }
 
 // run runs castellan with args and returns its JSON events, final result and exit code.
@@ -111,15 +157,28 @@ func (l *lab) castellan(t *testing.T, args ...string) outcome {
 
 func (l *lab) on(t *testing.T, node string, argv ...string) string {
 	t.Helper()
+	out, err := l.run(context.Background(), node, "", argv...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}
+
+// run runs argv as root on node with stdin, and returns its stdout.
+func (l *lab) run(ctx context.Context, node, stdin string, argv ...string) (string, error) {
 	n, ok := l.p.Node(node)
 	if !ok {
-		t.Fatalf("no node %s", node)
+		return "", fmt.Errorf("no node %s", node)
 	}
-	out, err := l.pool.Run(context.Background(), castssh.Host{Name: n.Name, Address: n.Address, Port: n.Port}, castssh.Cmd{Argv: argv, Sudo: true})
+	cmd := castssh.Cmd{Argv: argv, Sudo: true}
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	out, err := l.pool.Run(ctx, castssh.Host{Name: n.Name, Address: n.Address, Port: n.Port}, cmd)
 	if err != nil {
-		t.Fatalf("%s: %v: %v", node, argv, err)
+		return string(out.Stdout), fmt.Errorf("%s: %v: %w: %s", node, argv, err, out.Stderr)
 	}
-	return strings.TrimSpace(string(out.Stdout))
+	return string(out.Stdout), nil
 }
 
 func sha256File(t *testing.T, path string) string {
@@ -148,12 +207,22 @@ func TestLab(t *testing.T) {
 	for _, n := range l.p.Spec.Nodes {
 		nodes = append(nodes, n.Name)
 	}
-	// Start from nodes castellan has never touched (the lab may be reused).
+	// Start from nodes castellan has never touched (the lab may be reused):
+	// resetDiskEncryption (diskcrypt_test.go) also blanks the data disk.
 	for _, n := range nodes {
-		l.on(t, n, "rm", "-rf", "/var/lib/castellan")
+		resetDiskEncryption(t, l, n)
 	}
 	sum := sha256File(t, l.bin)
 	agentPath := "/var/lib/castellan/bin/castellan-" + sum[:16]
+	// The PEM private keys each node holds before castellan touches it (its
+	// SSH host keys...): castellan must add none.
+	pemBefore := map[string][]string{}
+	tpmBefore := map[string]string{}
+	for _, n := range nodes {
+		pemBefore[n] = l.pemPrivateKeys(t, n)
+		tpmBefore[n] = l.on(t, n, "sh", "-c", tpmHandles)
+	}
+	var first outcome
 
 	t.Run("plan touches nothing", func(t *testing.T) {
 		o := l.castellan(t, "plan", "-f", l.profile, "-o", "json")
@@ -175,6 +244,7 @@ func TestLab(t *testing.T) {
 		if o.result.Outcome != engine.OutcomeOK {
 			t.Fatalf("outcome %s: %s", o.result.Outcome, o.result.Error)
 		}
+		first = o
 		up := uploads(o)
 		for _, n := range nodes {
 			if !up[n] {
@@ -188,7 +258,7 @@ func TestLab(t *testing.T) {
 				t.Errorf("%s: agent checksum %q, want %s", n, got, sum)
 			}
 			// Facts were gathered by the agent on the VM itself.
-			f, ok := o.result.Facts[n]
+			f, ok := o.result.NodeFacts(n)
 			if !ok {
 				t.Fatalf("%s: no facts in the run record", n)
 			}
@@ -205,8 +275,40 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("every node holds a TPM-resident identity, as tpm2-tools see it", func(t *testing.T) {
+		if first.result == nil {
+			t.Skip("the first apply failed")
+		}
+		v := l.committedTrust(t)
+		for _, n := range nodes {
+			e := recordedEnrolment(t, first.result, n)
+			if e.Action != "enrol" || e.Protection != pki.TPMResident || e.EKTrust != "certificate-chain" || e.AKName == "" {
+				t.Errorf("%s: recorded %+v", n, e)
+			}
+			cert := l.nodeCert(t, n)
+			if id, err := v.VerifyNode(cert, x509.ExtKeyUsageClientAuth); err != nil || id.Node != n || id.Protection != pki.TPMResident {
+				t.Errorf("%s: certificate %+v: %v", n, id, err)
+			}
+			if cert.SerialNumber.String() != e.CertSerial {
+				t.Errorf("%s: installed certificate %s, recorded %s", n, cert.SerialNumber, e.CertSerial)
+			}
+			res := l.tpm2Check(t, n, cert)
+			if res.EKHash != e.EKHash {
+				t.Errorf("%s: tpm2-tools compute EK %s, castellan recorded %s", n, res.EKHash, e.EKHash)
+			}
+			t.Logf("%s: tpm2-tools: key attributes %s, EK %s", n, res.Attributes, res.EKHash)
+			if got := l.on(t, n, "stat", "-c", "%U:%G %a", "/var/lib/castellan/identity"); got != "root:root 700" {
+				t.Errorf("%s: identity directory %s", n, got)
+			}
+			// castellan made nothing persistent in the TPM.
+			if got := l.on(t, n, "sh", "-c", tpmHandles); got != tpmBefore[n] {
+				t.Errorf("%s: the TPM's persistent objects and NV indexes changed:\nbefore %s\nafter  %s", n, tpmBefore[n], got)
+			}
+		}
+	})
+
 	t.Run("agent answers over SSH", func(t *testing.T) {
-		out := l.on(t, nodes[0], "sh", "-c", `echo '{"echo":"it'"'"'s me"}' | `+agentPath+` agent ping`)
+		out := l.on(t, nodes[0], "sh", "-c", `echo '{"echo":"it'"'"'s me"}' | `+agentPath+` agent agent.ping`)
 		var resp struct {
 			OK     bool `json:"ok"`
 			Result struct {
@@ -221,6 +323,10 @@ func TestLab(t *testing.T) {
 
 	t.Run("second apply is a no-op", func(t *testing.T) {
 		mtime := l.on(t, nodes[0], "stat", "-c", "%Y", agentPath)
+		identity := map[string]string{}
+		for _, n := range nodes {
+			identity[n] = l.on(t, n, "sh", "-c", "cd /var/lib/castellan/identity && sha256sum ak.json key.json node.crt")
+		}
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
 			t.Fatalf("second apply exit %d, result %+v: %s", o.code, o.result, o.stderr)
@@ -230,6 +336,14 @@ func TestLab(t *testing.T) {
 		}
 		if got := l.on(t, nodes[0], "stat", "-c", "%Y", agentPath); got != mtime {
 			t.Errorf("agent rewritten: mtime %s -> %s", mtime, got)
+		}
+		for _, n := range nodes {
+			if got := l.on(t, n, "sh", "-c", "cd /var/lib/castellan/identity && sha256sum ak.json key.json node.crt"); got != identity[n] {
+				t.Errorf("%s: the no-op apply rewrote the identity:\n%s\n%s", n, identity[n], got)
+			}
+			if e := recordedEnrolment(t, o.result, n); e.Action != "none" {
+				t.Errorf("%s: the no-op apply recorded %+v", n, e)
+			}
 		}
 	})
 
@@ -313,6 +427,198 @@ func TestLab(t *testing.T) {
 			t.Errorf("known_hosts was changed:\n%s", after)
 		}
 	})
+
+	t.Run("a recreated VM (new vTPM) is refused, then re-enrolled explicitly", func(t *testing.T) {
+		writeFile(t, l.profile, l.base)
+		if o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json"); o.code != 0 {
+			t.Fatalf("apply before recreating: exit %d: %s", o.code, o.stderr)
+		}
+		node := nodes[len(nodes)-1]
+		oldCert := l.nodeCert(t, node)
+		oldEK := l.tpm2Check(t, node, oldCert).EKHash
+		nodesJSON := l.gitShow(t, "HEAD:data/identity/nodes.json")
+		l.recreateVM(t, node)
+
+		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
+		if o.code != 1 || o.result == nil || o.result.Outcome != engine.OutcomeFailed {
+			t.Fatalf("apply after recreating %s: exit %d, result %+v\n%s", node, o.code, o.result, o.stderr)
+		}
+		if msg := o.result.NodeErrors[node]; !strings.Contains(msg, "endorsement key changed") || !strings.Contains(msg, "--re-enrol "+node) || !strings.Contains(msg, oldEK) {
+			t.Errorf("%s refused with %q", node, msg)
+		}
+		for _, n := range nodes[:len(nodes)-1] {
+			if msg, failed := o.result.NodeErrors[n]; failed {
+				t.Errorf("%s failed too: %s", n, msg)
+			}
+		}
+		if got := l.gitShow(t, "HEAD:data/identity/nodes.json"); !bytes.Equal(got, nodesJSON) {
+			t.Error("the refused run changed the enrolled identities")
+		}
+		if out := l.on(t, node, "sh", "-c", "test -e /var/lib/castellan/identity/node.crt && echo present || echo absent"); out != "absent" {
+			t.Errorf("the refused run installed a certificate on %s", node)
+		}
+
+		o = l.castellan(t, "apply", "-f", l.profile, "--yes", "--re-enrol", node, "-o", "json")
+		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
+			t.Fatalf("apply --re-enrol %s: exit %d, result %+v\n%s", node, o.code, o.result, o.stderr)
+		}
+		e := recordedEnrolment(t, o.result, node)
+		cert := l.nodeCert(t, node)
+		res := l.tpm2Check(t, node, cert)
+		if e.Action != "re-enrol" || e.PreviousEKHash != oldEK || e.EKHash == oldEK || e.EKHash != res.EKHash || e.CertSerial != cert.SerialNumber.String() {
+			t.Errorf("re-enrolment recorded %+v; tpm2-tools see EK %s", e, res.EKHash)
+		}
+		found := false
+		for _, p := range o.result.Phases {
+			for _, c := range p.Changes {
+				if p.Name == "identity" && c.Node == node && c.Action == "re-enrol" && c.Target == "ek "+res.EKHash {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Errorf("the run record does not show the re-enrolment of %s: %+v", node, o.result.Phases)
+		}
+		v := l.committedTrust(t)
+		if _, err := v.VerifyNode(oldCert, x509.ExtKeyUsageClientAuth); !errors.Is(err, pki.ErrRevoked) {
+			t.Errorf("the old certificate of %s: %v", node, err)
+		}
+		if _, err := v.VerifyNode(cert, x509.ExtKeyUsageClientAuth); err != nil {
+			t.Errorf("the new certificate of %s: %v", node, err)
+		}
+		if o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json"); o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
+			t.Errorf("apply after the re-enrolment: exit %d, result %+v", o.code, o.result)
+		}
+	})
+
+	t.Run("no PEM private key written by castellan on any node", func(t *testing.T) {
+		for _, n := range nodes {
+			before := map[string]bool{}
+			for _, f := range pemBefore[n] {
+				before[f] = true
+			}
+			for _, f := range l.pemPrivateKeys(t, n) {
+				if !before[f] || strings.HasPrefix(f, "/var/lib/castellan/") {
+					t.Errorf("%s: %s holds a PEM private key", n, f)
+				}
+			}
+			if out := l.on(t, n, "sh", "-c", "ls /var/lib/castellan/identity"); strings.Contains(out, "software.key") {
+				t.Errorf("%s: a software key exists although the node has a TPM", n)
+			}
+		}
+	})
+}
+
+// tpmHandles lists the TPM's persistent objects and NV indexes.
+const tpmHandles = "tpm2_getcap handles-persistent; tpm2_getcap handles-nv-index"
+
+// pemPrivateKeys lists the files on node that hold a PEM private key: every
+// local file system and the tmpfs ones (/run, /tmp, /dev/shm), files up to
+// 64 KiB.
+func (l *lab) pemPrivateKeys(t *testing.T, node string) []string {
+	t.Helper()
+	out, err := l.run(context.Background(), node, "", "sh", "-c",
+		`for d in / /var /home /run /tmp /dev/shm; do [ -d "$d" ] && find "$d" -xdev -type f -size -65k -print0; done | sort -zu | xargs -0 -r grep -lIs -e '-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----' || true`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, f := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f != "" {
+			files = append(files, f)
+		}
+	}
+	return files
+}
+
+// nodeCert reads the certificate castellan installed on node.
+func (l *lab) nodeCert(t *testing.T, node string) *x509.Certificate {
+	t.Helper()
+	c, err := pki.ParseCertificatePEM([]byte(l.on(t, node, "cat", "/var/lib/castellan/identity/node.crt") + "\n"))
+	if err != nil {
+		t.Fatalf("%s: node.crt: %v", node, err)
+	}
+	return c
+}
+
+// tpm2Check checks with tpm2-tools on node (through /dev/tpmrm0) that the
+// certificate's key lives in the node's TPM, and returns the EK hash
+// tpm2-tools compute.
+func (l *lab) tpm2Check(t *testing.T, node string, cert *x509.Certificate) *tpm2check.Result {
+	t.Helper()
+	keyJSON := l.on(t, node, "cat", "/var/lib/castellan/identity/key.json")
+	run := func(ctx context.Context, script string) (string, error) {
+		return l.run(ctx, node, script, "sh", "-s")
+	}
+	res, err := tpm2check.Check(context.Background(), run, []byte(keyJSON), cert)
+	if err != nil {
+		t.Fatalf("%s: %v", node, err)
+	}
+	return res
+}
+
+func (l *lab) gitShow(t *testing.T, spec string) []byte {
+	t.Helper()
+	out, err := exec.Command("git", "-C", filepath.Join(l.dir, "state"), "show", spec).Output()
+	if err != nil {
+		t.Fatalf("git show %s: %v", spec, err)
+	}
+	return out
+}
+
+// committedTrust is the root CA and revocation list of the state repo's
+// last commit, with a verifier that requires TPM-resident keys.
+func (l *lab) committedTrust(t *testing.T) *pki.Verifier {
+	t.Helper()
+	root, err := pki.ParseCertificatePEM(l.gitShow(t, "HEAD:data/identity/ca/root.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := pki.ParseCRL(l.gitShow(t, "HEAD:data/identity/crl.pem"), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pki.Verifier{Cluster: l.p.Metadata.Name, Root: root, CRL: crl, RequireTPM: true}
+}
+
+func recordedEnrolment(t *testing.T, rec *state.Record, node string) nodeid.Enrolment {
+	t.Helper()
+	raw, ok := rec.Outputs[nodeid.EnrolmentKey.String()][node]
+	if !ok {
+		t.Fatalf("run %d records no identity of %s", rec.Number, node)
+	}
+	var e nodeid.Enrolment
+	if err := json.Unmarshal(raw, &e); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// recreateVM destroys node's VM and brings the lab up again, which creates
+// it anew: a new disk, new SSH host keys (pinned again from its console by
+// lab.sh, whose known_hosts is copied here) and a new vTPM, so a new EK.
+func (l *lab) recreateVM(t *testing.T, node string) {
+	t.Helper()
+	top := os.Getenv("CASTELLAN_REPO")
+	if top == "" {
+		top = filepath.Dir(filepath.Dir(l.bin)) // CASTELLAN_BIN is $top/bin/castellan
+	}
+	env := append(os.Environ(), "LIBVIRT_DEFAULT_URI=qemu:///system", "VAGRANT_DEFAULT_PROVIDER=libvirt",
+		fmt.Sprintf("CASTELLAN_NODES=%d", len(l.p.Spec.Nodes)))
+	for _, argv := range [][]string{
+		{"vagrant", "destroy", "-f", node},
+		{filepath.Join(top, "vagrant", "lab.sh"), "up"},
+	} {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Dir, cmd.Env = filepath.Join(top, "vagrant"), env
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
+		}
+		t.Logf("%s: %s", strings.Join(argv, " "), time.Since(start).Round(time.Second))
+	}
+	writeFile(t, filepath.Join(l.dir, "known_hosts"), readFile(t, filepath.Join(os.Getenv("CASTELLAN_LAB_DIR"), "known_hosts")))
+	l.connect(t)
 }
 
 func readFile(t *testing.T, path string) []byte {

@@ -59,6 +59,14 @@ type Options struct {
 	// namespace (Node.PrivatePath gives the host-side path). Missing
 	// mountpoints are created on the host and removed at teardown.
 	PrivateDirs []string
+	// CgroupV2 gives each node a cgroup v2 hierarchy at /sys/fs/cgroup,
+	// mounted in its sshd's own mount namespace, as on a node booted with
+	// systemd's unified hierarchy (what kubelet requires and preflight
+	// checks), whatever the test host booted with.
+	CgroupV2 bool
+	// CPUAccounting puts every node's sshd (and so everything it runs) into
+	// one cgroup whose CPU time Lab.NodeCPU reports.
+	CPUAccounting bool
 	// Loopback puts the direct Nodes in the host's network namespace,
 	// each sshd listening on 127.0.0.1 on a free port of its own, for
 	// clients that dial by themselves (go-git's ssh transport, the ssh
@@ -67,6 +75,17 @@ type Options struct {
 	// too, and allows TCP forwarding to loopback only. It cannot be
 	// combined with HiddenNodes or Bastion.
 	Loopback bool
+	// HideSudo makes sudo unusable on every node, as on a node where it is
+	// not installed: each sshd runs in a mount namespace of its own where
+	// an empty, non-executable file covers the sudo binary.
+	HideSudo bool
+	// BastionNoForwarding sets `AllowTcpForwarding no` on the bastion's
+	// sshd: it refuses to open channels to the hidden nodes.
+	BastionNoForwarding bool
+	// HostCA gives the lab a host certificate authority (Lab.HostCA) and
+	// every node a certificate for each of its host keys, signed by it,
+	// with the node's addresses as principals (sshd HostCertificate).
+	HostCA bool
 }
 
 // Lab is a set of sshd peers in network namespaces, torn down by t.Cleanup.
@@ -75,10 +94,14 @@ type Lab struct {
 	Dir string // lab files: keys, configs, logs (readable by the test users)
 
 	// User has passwordless sudo; PasswordUser's sudo asks for a password.
-	// Both authenticate with KeyFile.
+	// Both authenticate with KeyFile. Lab.AddUser adds others.
 	User, PasswordUser string
 	KeyFile            string     // client private key (never print it)
 	Signer             ssh.Signer // the same key, e.g. to load into an agent
+
+	// HostCA signs the nodes' host certificates (Options.HostCA); nil
+	// otherwise.
+	HostCA ssh.Signer
 
 	ClientNS string  // name of the client namespace
 	Nodes    []*Node // direct nodes
@@ -89,14 +112,22 @@ type Lab struct {
 	SetupTime time.Duration
 
 	t        testing.TB
-	private  []string // Options.PrivateDirs, cleaned
-	created  []string // mountpoints this lab created on the host
-	subnet   int      // second octet of 10.x.0.0/16
+	private  []string    // Options.PrivateDirs, cleaned
+	cgroupV2 bool        // Options.CgroupV2
+	cpu      *cpuAccount // Options.CPUAccounting
+	created  []string    // mountpoints this lab created on the host
+	subnet   int         // second octet of 10.x.0.0/16
 	clientH  netns.NsHandle
 	mu       sync.Mutex
 	closed   bool
 	logDone  chan struct{}
 	statePth string
+
+	opts        Options
+	nUsers      int
+	extraUsers  []string // users added by AddUser
+	sudoRules   string   // content of the lab's sudoers drop-in
+	placeholder string   // the empty file covering sudo (HideSudo)
 }
 
 // Node is one sshd in its own namespace, or on loopback (Options.Loopback).
@@ -112,8 +143,10 @@ type Node struct {
 	Addresses []string
 	// HostKeys by key type (Ed25519, ECDSA, RSA).
 	HostKeys map[string]ssh.PublicKey
-	Dir      string
-	LogFile  string
+	// HostCerts by key type, with Options.HostCA.
+	HostCerts map[string]*ssh.Certificate
+	Dir       string
+	LogFile   string
 
 	lab  *Lab
 	nsH  netns.NsHandle
@@ -154,6 +187,7 @@ func New(t testing.TB, opts Options) *Lab {
 		subnet:       64 + int(randomByte())%186,
 		logDone:      make(chan struct{}),
 		clientH:      netns.None(),
+		opts:         opts,
 	}
 	dir, err := os.MkdirTemp("", "cst-"+id+"-")
 	if err != nil {
@@ -180,6 +214,14 @@ func New(t testing.TB, opts Options) *Lab {
 		}
 	}
 
+	l.cgroupV2 = opts.CgroupV2
+	if opts.CPUAccounting {
+		cpu, err := newCPUAccount(l.ID)
+		if err != nil {
+			t.Fatalf("sshtest: %v", err)
+		}
+		l.cpu = cpu
+	}
 	for _, d := range opts.PrivateDirs {
 		c := filepath.Clean(d)
 		if !filepath.IsAbs(c) || c == "/" || strings.HasPrefix(c+"/", l.Dir+"/") {
@@ -218,7 +260,7 @@ func (l *Lab) addr(hidden bool, i int) string {
 func (l *Lab) newNode(name, addr string) *Node {
 	return &Node{
 		Name: name, NS: "cst-" + l.ID + "-" + name, Address: addr, Port: 22,
-		Addresses: []string{addr}, HostKeys: map[string]ssh.PublicKey{},
+		Addresses: []string{addr}, HostKeys: map[string]ssh.PublicKey{}, HostCerts: map[string]*ssh.Certificate{},
 		Dir: filepath.Join(l.Dir, name), lab: l, done: make(chan struct{}), nsH: netns.None(),
 	}
 }
@@ -275,6 +317,12 @@ func (l *Lab) setup(opts Options) error {
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil { // sshd's privilege separation directory
 		return err
 	}
+	if opts.HideSudo {
+		l.placeholder = filepath.Join(l.Dir, "no-sudo")
+		if err := os.WriteFile(l.placeholder, nil, 0o644); err != nil {
+			return err
+		}
+	}
 	g = errgroup.Group{}
 	g.SetLimit(8)
 	for _, n := range l.AllNodes() {
@@ -292,17 +340,11 @@ func (l *Lab) setupUsers() error {
 			return fmt.Errorf("useradd %s: %v: %s", u, err, out)
 		}
 	}
-	rules := fmt.Sprintf("%s ALL=(ALL:ALL) NOPASSWD: ALL\n%s ALL=(ALL:ALL) ALL\n", l.User, l.PasswordUser)
-	// sudo ignores names with a dot: write, check, then rename into place.
-	tmp := filepath.Join("/etc/sudoers.d", "."+l.sudoersName())
-	if err := os.WriteFile(tmp, []byte(rules), 0o440); err != nil {
-		return err
-	}
-	if out, err := exec.Command("visudo", "-cf", tmp).CombinedOutput(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("visudo: %v: %s", err, out)
-	}
-	return os.Rename(tmp, filepath.Join("/etc/sudoers.d", l.sudoersName()))
+	l.mu.Lock()
+	l.sudoRules = SudoNopasswd.lines(l.User) + SudoPassword.lines(l.PasswordUser)
+	rules := l.sudoRules
+	l.mu.Unlock()
+	return l.writeSudoers(rules)
 }
 
 func (l *Lab) sudoersName() string { return "cst-" + l.ID }
@@ -422,6 +464,11 @@ func (n *Node) run() error {
 			fmt.Fprintf(&cfg, "HostKey %s\n", filepath.Join(n.Dir, "ssh_host_"+typ+"_key"))
 		}
 	}
+	for _, typ := range AllKeyTypes {
+		if _, ok := n.HostCerts[typ]; ok {
+			fmt.Fprintf(&cfg, "HostCertificate %s\n", filepath.Join(n.Dir, "ssh_host_"+typ+"_key-cert.pub"))
+		}
+	}
 	fmt.Fprintf(&cfg, `PidFile none
 UsePAM no
 StrictModes no
@@ -430,20 +477,23 @@ MaxSessions 200
 UseDNS no
 PrintMotd no
 PrintLastLog no
-PermitRootLogin no
+PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 AuthorizedKeysFile %s
-AllowUsers %s %s
+AllowUsers %s
 Subsystem sftp %s
 LogLevel INFO
-`, filepath.Join(l.Dir, "authorized_keys"), l.User, l.PasswordUser, sftpServer())
-	if n.Loopback {
+`, filepath.Join(l.Dir, "authorized_keys"), l.userPattern(), sftpServer())
+	switch {
+	case n == l.Bastion && l.opts.BastionNoForwarding:
+		cfg.WriteString("AllowTcpForwarding no\n")
+	case n.Loopback:
 		// In the host's network namespace: forwarding may reach loopback
 		// only.
 		cfg.WriteString("AllowTcpForwarding local\nPermitOpen 127.0.0.1:* [::1]:*\nAllowStreamLocalForwarding no\n")
-	} else {
+	default:
 		cfg.WriteString("AllowTcpForwarding yes\n")
 	}
 	cfgPath := filepath.Join(n.Dir, "sshd_config")
@@ -456,10 +506,21 @@ LogLevel INFO
 		return err
 	}
 	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
-	if len(l.private) > 0 {
+	if len(l.private) > 0 || l.opts.HideSudo || l.cgroupV2 {
 		// sshd in its own mount namespace, with the node's private
-		// directories bind-mounted; sh execs sshd (same PID).
+		// directories bind-mounted (sudo hidden, cgroup2 mounted, as
+		// asked); sh execs sshd (same PID).
 		var script []string
+		if l.opts.HideSudo {
+			hide, err := hiddenSudoScript(l.placeholder)
+			if err != nil {
+				return err
+			}
+			script = append(script, hide...)
+		}
+		if l.cgroupV2 {
+			script = append(script, "mount -t cgroup2 cgroup2 /sys/fs/cgroup")
+		}
 		for _, d := range l.private {
 			backing := n.PrivatePath(d)
 			if err := os.MkdirAll(backing, 0o755); err != nil {
@@ -499,6 +560,12 @@ LogLevel INFO
 		return fmt.Errorf("starting sshd for %s: %w", n.Name, err)
 	}
 	n.cmd = cmd
+	if l.cpu != nil {
+		if err := l.cpu.add(cmd.Process.Pid); err != nil {
+			_ = cmd.Process.Kill()
+			return err
+		}
+	}
 	ready := make(chan struct{})
 	go func() {
 		defer close(n.done)
@@ -643,12 +710,14 @@ func Hosts(nodes []*Node) []castssh.Host {
 	return hs
 }
 
-// Config returns a castellan ssh.Config for this lab: User with its key,
-// a known_hosts file holding every node's keys, the lab dialer, the bastion
-// if there is one, and a logger writing to the test log.
+// Config returns a castellan ssh.Config for this lab: User with its key
+// and sudo allowed for privileged commands, a known_hosts file holding
+// every node's keys, the lab dialer, the bastion if there is one, and a
+// logger writing to the test log.
 func (l *Lab) Config() castssh.Config {
 	cfg := castssh.Config{
 		User:           l.User,
+		Sudo:           true,
 		KeyFiles:       []string{l.KeyFile},
 		KnownHostsFile: l.WriteKnownHosts(KnownHostsOptions{}),
 		Dial:           l.Dial,
@@ -754,6 +823,9 @@ func (l *Lab) teardown() {
 	}
 	if l.clientH.IsOpen() {
 		l.clientH.Close()
+	}
+	if l.cpu != nil {
+		l.cpu.remove()
 	}
 	os.Remove(l.statePth)
 	close(l.logDone)

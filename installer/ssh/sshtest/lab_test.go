@@ -1,6 +1,8 @@
 package sshtest_test
 
 import (
+	"bytes"
+	"castellan/installer/testenv"
 	"context"
 	"fmt"
 	"net"
@@ -13,6 +15,8 @@ import (
 
 	castssh "castellan/installer/ssh"
 	"castellan/installer/ssh/sshtest"
+
+	"golang.org/x/crypto/ssh"
 )
 
 func TestLabTopologyAndTeardown(t *testing.T) {
@@ -178,10 +182,7 @@ func TestLoopbackNodes(t *testing.T) {
 	t.Parallel()
 	if _, err := exec.LookPath("ssh"); err != nil {
 		sshtest.Require(t)
-		if os.Getenv(sshtest.RequireEnv) == "1" {
-			t.Fatalf("the ssh client is missing: %v", err)
-		}
-		t.Skipf("the ssh client is missing: %v", err)
+		testenv.Missing(t, "the ssh client is missing: %v", err)
 	}
 	var addrs []string
 	var sleeper int
@@ -269,5 +270,92 @@ func TestLoopbackNodes(t *testing.T) {
 		if exec.Command("id", u).Run() == nil {
 			t.Errorf("user %s left behind", u)
 		}
+	}
+}
+
+// TestUsersAndNodeVariants: added users (a bash user with a startup file,
+// a uid-0 root login) log in and are gone after teardown with their sudo
+// rules; HideSudo leaves the node without a usable sudo; HostCA nodes serve
+// certificates signed by the lab's CA; RotateHostKeys gives a node new keys.
+func TestUsersAndNodeVariants(t *testing.T) {
+	t.Parallel()
+	var users []string
+	var sudoers string
+	t.Run("lab", func(t *testing.T) {
+		lab := sshtest.New(t, sshtest.Options{Nodes: 1, HideSudo: true, HostCA: true})
+		node := lab.Nodes[0]
+		sudoers = filepath.Join("/etc/sudoers.d", "cst-"+lab.ID)
+		bash := lab.AddUser(sshtest.UserOptions{Shell: "/bin/bash", Files: map[string]string{".bashrc": "echo hi\n"}, Sudo: sshtest.SudoNopasswd})
+		root := lab.AddUser(sshtest.UserOptions{Root: true})
+		users = []string{lab.User, lab.PasswordUser, bash.Name, root.Name}
+		if b, err := os.ReadFile(filepath.Join(bash.Home, ".bashrc")); err != nil || string(b) != "echo hi\n" {
+			t.Fatalf(".bashrc: %q, %v", b, err)
+		}
+		if out, _ := exec.Command("id", "-u", root.Name).Output(); strings.TrimSpace(string(out)) != "0" {
+			t.Fatalf("root login %s has uid %q", root.Name, out)
+		}
+		if b, _ := os.ReadFile(sudoers); !strings.Contains(string(b), bash.Name+" ALL=(ALL:ALL) NOPASSWD: ALL") {
+			t.Fatalf("sudoers drop-in lacks the rule for %s:\n%s", bash.Name, b)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cfg := lab.Config()
+		cfg.User = root.Name
+		cfg.KnownHostsFile = lab.WriteKnownHosts(sshtest.KnownHostsOptions{})
+		pool, err := castssh.NewPool(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Close()
+		out, err := clientOutput(ctx, pool, node.Host(), "sh", "-c", "id -u; command -v sudo || echo no sudo")
+		if err != nil || out != "0\nno sudo" {
+			t.Fatalf("root login on a node without sudo: %q, %v", out, err)
+		}
+
+		cert, err := node.ServedHostKey(ssh.CertAlgoED25519v01)
+		if c, ok := cert.(*ssh.Certificate); err != nil || !ok || !bytes.Equal(c.SignatureKey.Marshal(), lab.HostCA.PublicKey().Marshal()) {
+			t.Fatalf("served certificate: %v, %v", cert, err)
+		}
+		old := node.HostKeys[sshtest.Ed25519]
+		if err := node.RotateHostKeys(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := node.ServedHostKey(ssh.KeyAlgoED25519)
+		if err != nil || bytes.Equal(got.Marshal(), old.Marshal()) || !bytes.Equal(got.Marshal(), node.HostKeys[sshtest.Ed25519].Marshal()) {
+			t.Fatalf("after RotateHostKeys the node serves %v (%v)", got, err)
+		}
+	})
+	for _, u := range users {
+		if exec.Command("id", u).Run() == nil {
+			t.Errorf("user %s left behind", u)
+		}
+	}
+	if _, err := os.Stat(sudoers); err == nil {
+		t.Errorf("sudoers drop-in %s left behind", sudoers)
+	}
+}
+
+// TestNodeCPU: with CPUAccounting, the CPU the nodes burn for a connection
+// (here, a busy loop run over SSH) shows in NodeCPU.
+func TestNodeCPU(t *testing.T) {
+	lab := sshtest.New(t, sshtest.Options{Nodes: 1, CPUAccounting: true})
+	before, err := lab.NodeCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := castssh.Connect(context.Background(), lab.Config(), lab.Nodes[0].Host())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Run(context.Background(), castssh.Cmd{Argv: []string{"sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"}}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := lab.NodeCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before < 50*time.Millisecond {
+		t.Errorf("node CPU grew by %v for a busy loop", after-before)
 	}
 }

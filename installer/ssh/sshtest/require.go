@@ -34,12 +34,22 @@
 // the lab user owns. Node.DropConnections, FreezeConnections and
 // PauseListener simulate crashes, hung peers and wedged hosts.
 //
+// Nodes as users really have them: Lab.AddUser adds login users with any
+// shell and startup files (bash printing from ~/.bashrc, zsh, fish, tcsh,
+// nologin), any sudo rule (NOPASSWD, password, requiretty, none, with a
+// sudo log) or uid 0 (a root login); Options.HideSudo gives nodes without
+// sudo, Options.BastionNoForwarding a bastion with AllowTcpForwarding no,
+// Options.HostCA host certificates signed by Lab.HostCA; Node.RotateHostKeys
+// makes a node a rebuilt host.
+//
 // It needs root and Debian's openssh-server, sudo and iproute2. When they
 // are missing, tests are skipped, or fail when CASTELLAN_REQUIRE_REAL_PEERS=1
 // (as `make test` sets it).
 package sshtest
 
 import (
+	"castellan/installer/testenv"
+
 	"fmt"
 	"os"
 	"os/exec"
@@ -49,7 +59,7 @@ import (
 
 // RequireEnv is the environment variable that turns a missing prerequisite
 // from a skip into a failure.
-const RequireEnv = "CASTELLAN_REQUIRE_REAL_PEERS"
+const RequireEnv = testenv.RequireEnv
 
 // SftpServerPaths are the places sftp-server is looked for.
 var sftpServerPaths = []string{
@@ -99,8 +109,5 @@ func Require(t testing.TB) {
 	if m == "" {
 		return
 	}
-	if os.Getenv(RequireEnv) == "1" {
-		t.Fatalf("%s (%s=1 makes this a failure)", m, RequireEnv)
-	}
-	t.Skip(m)
+	testenv.Missing(t, "%s", m)
 }

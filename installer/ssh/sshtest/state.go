@@ -38,7 +38,7 @@ type labState struct {
 func (l *Lab) state() labState {
 	return labState{
 		ID: l.ID, PID: os.Getpid(), PIDStart: procStart(os.Getpid()),
-		Namespaces: l.namespaces(), Users: []string{l.User, l.PasswordUser},
+		Namespaces: l.namespaces(), Users: l.users(),
 		Sudoers: filepath.Join("/etc/sudoers.d", l.sudoersName()), Dir: l.Dir,
 		PrivateDirs: l.private, Created: l.created,
 	}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"castellan/installer"
+	"castellan/installer/engine"
+	"castellan/installer/report"
+)
+
+func (a *app) planCommand() *cobra.Command {
+	var only, nodes []string
+	cmd := &cobra.Command{
+		Use:   "plan -f PROFILE",
+		Short: "Show what apply would change, per phase and node, touching nothing",
+		Long: `plan connects to the nodes and asks each phase what it would change. It
+changes nothing anywhere: not the nodes, not the state repo, not known_hosts.
+On nodes the castellan agent has not reached yet, the preflight phase plans
+to install it, and phases that need the node's facts say so.`,
+		Args: args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := a.format()
+			if err != nil {
+				return err
+			}
+			// Events go to stderr: stdout holds the plan itself.
+			cfg, err := a.config(report.NewPrinter(a.stderr, format, nil))
+			if err != nil {
+				return err
+			}
+			v := installer.NewPlan(cfg)
+			v.ProfilePath, v.AcceptNewHostKeys = a.profile.value, a.acceptNewKeys
+			v.Only, v.Nodes = selection(cmd, "only", only), selection(cmd, "nodes", nodes)
+			plans, err := v.Run(a.ctx)
+			var failed []string
+			var pe *engine.PlanError
+			for _, e := range unwrapAll(err) {
+				if errors.As(e, &pe) {
+					failed = append(failed, pe.Phase)
+				}
+			}
+			if format == report.JSON {
+				for _, p := range plans {
+					data, _ := json.Marshal(p)
+					fmt.Fprintf(a.stdout, "%s\n", report.EscapeJSON(data))
+				}
+			} else if len(plans) > 0 || len(failed) > 0 {
+				report.WritePlan(a.stdout, plans, failed...)
+			}
+			if len(failed) > 0 {
+				// The phases that could not plan were reported as events.
+				return errAlreadyReported
+			}
+			return err
+		},
+	}
+	a.profileFlag(cmd)
+	a.agentFlags(cmd)
+	cmd.Flags().BoolVar(&a.acceptNewKeys, "accept-new-host-keys", false, "show host keys known_hosts does not hold yet as keys apply would trust (plan never writes them)")
+	a.outputFlag(cmd, "one plan per line")
+	cmd.Flags().StringSliceVar(&only, "only", nil, "plan only these phases")
+	cmd.Flags().StringSliceVar(&nodes, "nodes", nil, "plan only these nodes")
+	_ = cmd.MarkFlagRequired("file")
+	return cmd
+}

@@ -1,0 +1,110 @@
+package sshtest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// cpuAccount is a cgroup that sums the CPU time of every process of a lab's
+// nodes: each sshd is moved into it as it starts, and what it runs for its
+// connections (the login shell, sudo, castellan's agent) inherits it. It is
+// what benchmarks read as "node-side CPU" (cgroups(7): cpuacct.usage in
+// cgroup v1, cpu.stat usage_usec in v2).
+type cpuAccount struct {
+	dir string
+	v2  bool
+}
+
+// cgroupRoots are where a cpuacct (v1) or cpu (v2) hierarchy may be mounted.
+var cgroupRoots = []struct {
+	path string
+	v2   bool
+}{
+	{"/sys/fs/cgroup/cpuacct", false},
+	{"/sys/fs/cgroup/cpu,cpuacct", false},
+	{"/sys/fs/cgroup", true},
+	{"/sys/fs/cgroup/unified", true},
+}
+
+func newCPUAccount(id string) (*cpuAccount, error) {
+	for _, r := range cgroupRoots {
+		probe := "cpuacct.usage"
+		if r.v2 {
+			probe = "cpu.stat"
+		}
+		if _, err := os.Stat(filepath.Join(r.path, probe)); err != nil {
+			continue
+		}
+		sweepCgroups(r.path)
+		dir := filepath.Join(r.path, "castellan-sshtest-"+id)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("creating the CPU accounting cgroup: %w", err)
+		}
+		return &cpuAccount{dir: dir, v2: r.v2}, nil
+	}
+	return nil, errors.New("no cgroup hierarchy with CPU accounting (cpuacct or cpu) is mounted under /sys/fs/cgroup")
+}
+
+// sweepCgroups removes empty accounting cgroups that killed test processes
+// left behind (rmdir refuses a cgroup that still holds a process).
+func sweepCgroups(root string) {
+	dirs, _ := filepath.Glob(filepath.Join(root, "castellan-sshtest-*"))
+	for _, d := range dirs {
+		_ = os.Remove(d)
+	}
+}
+
+func (a *cpuAccount) add(pid int) error {
+	if err := os.WriteFile(filepath.Join(a.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		return fmt.Errorf("moving sshd %d into %s: %w", pid, a.dir, err)
+	}
+	return nil
+}
+
+// usage is the CPU time (user and system) of every process that ran in the
+// cgroup since it was made.
+func (a *cpuAccount) usage() (time.Duration, error) {
+	if !a.v2 {
+		data, err := os.ReadFile(filepath.Join(a.dir, "cpuacct.usage"))
+		if err != nil {
+			return 0, err
+		}
+		ns, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+		return time.Duration(ns), err
+	}
+	data, err := os.ReadFile(filepath.Join(a.dir, "cpu.stat"))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			us, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return time.Duration(us) * time.Microsecond, err
+		}
+	}
+	return 0, fmt.Errorf("%s/cpu.stat has no usage_usec", a.dir)
+}
+
+// remove deletes the cgroup once its processes are gone.
+func (a *cpuAccount) remove() {
+	for range 50 {
+		if err := os.Remove(a.dir); err == nil || errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// NodeCPU is the CPU time every process of the lab's nodes used so far
+// (sshd, login shells, sudo, whatever they ran), with Options.CPUAccounting.
+func (l *Lab) NodeCPU() (time.Duration, error) {
+	if l.cpu == nil {
+		return 0, errors.New("sshtest: the lab was made without Options.CPUAccounting")
+	}
+	return l.cpu.usage()
+}
