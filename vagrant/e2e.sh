@@ -76,7 +76,7 @@ run_tests() { # FIRMWARE GO-TEST-ARGS...
 	local fw=$1
 	shift
 	"$here/lab.sh" exec env CASTELLAN_BIN="$top/bin/castellan" CASTELLAN_LAB_DIR="$CASTELLAN_LAB_DIR" \
-		CASTELLAN_LAB_FIRMWARE="$fw" "$cache/e2e.test" -test.v -test.count=1 -test.timeout 45m "$@"
+		CASTELLAN_LAB_FIRMWARE="$fw" CASTELLAN_BOX_FIRMWARE="$fw" "$cache/e2e.test" -test.v -test.count=1 -test.timeout 45m "$@"
 }
 
 # A node restarted with an NVRAM that has no Secure Boot keys boots with
