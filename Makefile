@@ -79,7 +79,7 @@ schema: ## regenerate profiles/cluster.schema.json from the Go types
 # --- the Vagrant lab (vagrant/README.md) ---
 
 .PHONY: lab-up lab-down lab-status
-lab-up: ## bring the VM lab up (installs what it needs; builds the box once)
+lab-up: ## bring the VM lab up (UEFI + Secure Boot; CASTELLAN_BOX_FIRMWARE=bios for SeaBIOS)
 	vagrant/lab.sh up
 lab-down: ## destroy the lab and everything it started
 	vagrant/lab.sh down
@@ -102,7 +102,7 @@ tui-screenshots: test-deps ## redraw docs/tui/*.txt and *.png from a real termin
 	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_TUI_SCREENSHOTS=$(CURDIR)/docs/tui go test -count=1 -run '^(TestTerminal|TestPlanScreens|TestProgressScreens)$$' ./installer/tui
 
 .PHONY: e2e
-e2e: build ## lab up, apply, node assertions, no-op rerun, rollback, lab down
+e2e: build ## UEFI lab: Secure Boot, event log = PCRs, apply, no-op rerun, rollback, refusals; then a BIOS VM boots
 	vagrant/e2e.sh
 
 .PHONY: clean

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# vagrant/lab.sh up|down|status|exec CMD...|ssh NODE [CMD...]
+# vagrant/lab.sh up|down|status|check|exec CMD...|ssh NODE [CMD...]
 #
 # The castellan lab: Vagrant VMs (libvirt) run entirely inside one network
 # namespace, castellan-lab, so that no lab address exists outside it. See
@@ -7,11 +7,15 @@
 #
 #   up       install what is missing, build/add the box, start virtlogd and
 #            libvirtd inside the namespace, bring the nodes up (reusing running
-#            ones), pin their SSH host keys from the serial console, and write
-#            the lab directory (profile.yaml, id_ed25519, known_hosts)
+#            ones), pin their SSH host keys from the serial console, check that
+#            every node booted as it should (below), and write the lab
+#            directory (profile.yaml, id_ed25519, known_hosts)
 #   down     destroy everything up created: VMs, volumes, libvirt networks, the
 #            daemons it started, the namespace
 #   status   show the namespace, daemons, VMs and addresses
+#   check    check every node of the running lab again: login with the lab
+#            key, data disk, TPM, and with UEFI firmware Secure Boot enabled
+#            and a TPM event log (stops with a message saying what is wrong)
 #   exec     run CMD inside the lab namespace (from the current directory)
 #   ssh      ssh to a node (by name) inside the namespace with the lab's key and
 #            pinned host keys
@@ -19,6 +23,7 @@
 # Environment: CASTELLAN_CACHE (default ~/.cache/castellan), CASTELLAN_LAB_DIR
 # (default $CASTELLAN_CACHE/lab), CASTELLAN_NODES (3), CASTELLAN_LIBVIRT_DRIVER
 # (kvm|qemu; default: kvm when it works), CASTELLAN_MEMORY, CASTELLAN_CPUS,
+# CASTELLAN_BOX_FIRMWARE (uefi|bios, default uefi; fixed while the lab is up),
 # CASTELLAN_BOX (see vagrant/Vagrantfile), CASTELLAN_LAB_TOFU=1 (accept host
 # keys from ssh-keyscan when the box does not print them on its console).
 set -euo pipefail
@@ -29,8 +34,6 @@ cache=${CASTELLAN_CACHE:-$HOME/.cache/castellan}
 lab=${CASTELLAN_LAB_DIR:-$cache/lab}
 state=/run/castellan-lab           # what this script started (pids, kvm permissions)
 console_dir=/var/log/castellan-lab # serial console logs; qemu (libvirt-qemu) must reach it
-default_box=castellan/debian12
-box=${CASTELLAN_BOX:-$default_box}
 vagrant_home=${VAGRANT_HOME:-$HOME/.vagrant.d}
 libvirt_sock=/run/libvirt/libvirt-sock
 export LIBVIRT_DEFAULT_URI=qemu:///system
@@ -38,7 +41,7 @@ export VAGRANT_DEFAULT_PROVIDER=libvirt
 
 host_packages=(
 	vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
-	dnsmasq-base iptables swtpm swtpm-tools ipxe-qemu iproute2 openssh-client procps util-linux
+	dnsmasq-base iptables swtpm swtpm-tools ipxe-qemu ovmf iproute2 openssh-client procps util-linux
 )
 
 log() { printf 'lab: %s\n' "$*" >&2; }
@@ -93,6 +96,30 @@ node_address() { # NAME
 		fi
 	done < <(node_names)
 	die "no node named '$1' (nodes: $(node_names | tr '\n' ' '))"
+}
+
+# --- firmware --------------------------------------------------------------
+
+# How the nodes boot: CASTELLAN_BOX_FIRMWARE, else what the running lab was
+# brought up with, else uefi. A running lab keeps its firmware.
+lab_firmware() {
+	local want=${CASTELLAN_BOX_FIRMWARE:-} have=
+	if [[ -f $state/firmware ]]; then have=$(<"$state/firmware"); fi
+	if [[ -n $want && -n $have && $want != "$have" ]]; then
+		die "the lab is up with $have firmware; CASTELLAN_BOX_FIRMWARE=$want needs it down first: $0 down"
+	fi
+	want=${want:-${have:-uefi}}
+	[[ $want == uefi || $want == bios ]] || die "CASTELLAN_BOX_FIRMWARE must be uefi or bios, not '$want'"
+	echo "$want"
+}
+firmware=
+default_box=
+box=
+set_firmware() {
+	firmware=$(lab_firmware)
+	export CASTELLAN_BOX_FIRMWARE=$firmware
+	default_box=$("$here/box/build.sh" --name)
+	box=${CASTELLAN_BOX:-$default_box}
 }
 
 # --- daemons ---------------------------------------------------------------
@@ -163,6 +190,21 @@ prepare_kvm() {
 		chgrp kvm /dev/kvm
 		chmod 0660 /dev/kvm
 		log "made /dev/kvm root:kvm 0660 (was $mode, group $group) so qemu can use it"
+	fi
+}
+
+# libvirt runs swtpm_setup as user tss (qemu.conf swtpm_user), which signs each
+# vTPM's EK certificate with swtpm's local CA in /var/lib/swtpm-localca (owned
+# by tss). A swtpm_setup --create-ek-cert run as root elsewhere leaves the CA's
+# files, and its lock, owned by root: every vTPM then fails to start ("Need
+# read/write rights on /var/lib/swtpm-localca/.lock.swtpm-localca for user tss").
+# Give them back to tss.
+prepare_swtpm_localca() {
+	local dir=/var/lib/swtpm-localca
+	[[ -d $dir ]] && getent passwd tss >/dev/null || return 0
+	if [[ -n $(find "$dir" ! -user tss -print -quit) ]]; then
+		chown -R tss "$dir"
+		log "gave $dir back to user tss (files owned by another user stop libvirt's vTPMs from starting)"
 	fi
 }
 
@@ -290,7 +332,7 @@ delete_box_volumes() {
 	for pool in $(virsh -q pool-list --all --name 2>/dev/null); do
 		for vol in $(virsh -q vol-list "$pool" 2>/dev/null | awk '{print $1}'); do
 			case $vol in
-			castellan-VAGRANTSLASH-debian12_vagrant_box_image_*)
+			"${default_box//\//-VAGRANTSLASH-}"_vagrant_box_image_*)
 				virsh -q vol-delete --pool "$pool" "$vol" >/dev/null && log "deleted box volume $pool/$vol"
 				;;
 			esac
@@ -363,6 +405,74 @@ lab_ssh() { # ADDRESS CMD...
 		"vagrant@$addr" "$@"
 }
 
+# --- checks on the nodes ----------------------------------------------------
+
+# What a node says about how it booted, as key=value lines. SecureBoot and
+# SetupMode are EFI global variables (GUID 8be4df61-93ca-11d2-aa0d-00e098032b8c):
+# in efivarfs, 4 bytes of attributes, then the value (UEFI 2.10, 3.3).
+# securityfs files report size 0: count the bytes that can be read.
+# shellcheck disable=SC2016 # expanded on the node
+boot_facts_script='
+set -u
+efivars=/sys/firmware/efi/efivars
+global=8be4df61-93ca-11d2-aa0d-00e098032b8c
+var() { if [ -r "$efivars/$1-$global" ]; then od -An -t u1 -j 4 -N 1 "$efivars/$1-$global" | tr -d " \n"; else echo absent; fi; }
+if [ -d /sys/firmware/efi ]; then echo firmware=uefi; else echo firmware=bios; fi
+echo "secureboot=$(var SecureBoot)"
+echo "setupmode=$(var SetupMode)"
+log=/sys/kernel/security/tpm0/binary_bios_measurements
+if [ -r "$log" ]; then echo "eventlog=$(wc -c <"$log")"; else echo eventlog=absent; fi
+if [ -c /dev/tpmrm0 ]; then echo tpm=yes; else echo tpm=no; fi
+if [ -b /dev/vdb ]; then echo datadisk=yes; else echo datadisk=no; fi
+lockdown=$(sed -n "s/.*\[\(.*\)\].*/\1/p" /sys/kernel/security/lockdown 2>/dev/null)
+echo "lockdown=${lockdown:-unknown}"
+'
+
+# check_node NAME: log in with the lab key and check the data disk, the TPM,
+# and with UEFI firmware that Secure Boot is enabled and the TPM event log
+# exists. Stops the script with what is wrong.
+check_node() {
+	local name=$1 addr facts fw sb setup evlog tpm disk lockdown nvram try rc
+	addr=$(node_address "$name")
+	# ssh exits with 255 when it cannot connect or log in: a TCG guest on a
+	# busy host can miss ssh's 10 s connect timeout, so try a few times.
+	for ((try = 1; ; try++)); do
+		rc=0
+		facts=$(lab_ssh "$addr" sudo sh -s <<<"$boot_facts_script") || rc=$?
+		((rc == 255 && try < 5)) || break
+		log "$name ($addr): ssh failed (try $try of 5); trying again in 5 s"
+		sleep 5
+	done
+	((rc == 0)) || die "$name ($addr): login with the lab key failed, or sudo sh on the node did (exit $rc)"
+	kv() { sed -n "s/^$1=//p" <<<"$facts"; }
+	fw=$(kv firmware) sb=$(kv secureboot) setup=$(kv setupmode) evlog=$(kv eventlog)
+	tpm=$(kv tpm) disk=$(kv datadisk) lockdown=$(kv lockdown)
+	[[ $disk == yes ]] || die "$name: the data disk /dev/vdb is missing"
+	[[ $tpm == yes ]] || die "$name: no TPM (/dev/tpmrm0 is missing): is swtpm installed, and the domain's <tpm> there (virsh dumpxml castellan-$name)?"
+	if [[ $firmware == bios ]]; then
+		log "$name: $fw firmware (CASTELLAN_BOX_FIRMWARE=bios): no Secure Boot, no measured boot after the MBR; TPM present, event log: $evlog"
+		return 0
+	fi
+	nvram=${CASTELLAN_NVRAM_DIR:-/var/lib/libvirt/qemu/nvram}/castellan-${name}_VARS.fd
+	[[ $fw == uefi ]] ||
+		die "$name booted with BIOS firmware, not UEFI: the lab must boot like production (UEFI, Secure Boot,
+  measured boot). Its domain has no OVMF loader (virsh dumpxml castellan-$name); is the box $box a UEFI
+  box? (CASTELLAN_BOX_FIRMWARE=bios runs the BIOS variant on purpose.)"
+	[[ $sb == 1 && $setup == 0 ]] ||
+		die "$name: Secure Boot is not enabled (SecureBoot=$sb, SetupMode=$setup). The lab must boot like
+  production. The node's NVRAM ($nvram) must start as a copy of OVMF_VARS_4M.ms.fd (Microsoft's keys
+  enrolled) and the firmware be OVMF_CODE_4M.secboot.fd: $0 down, then up, gives every node a fresh copy."
+	[[ $evlog =~ ^[0-9]+$ && $evlog -gt 0 ]] ||
+		die "$name: no TPM event log (/sys/kernel/security/tpm0/binary_bios_measurements: $evlog): the firmware
+  did not hand the kernel a TCG2 event log, so nothing can check the PCRs against what was measured"
+	log "$name: UEFI, Secure Boot enabled, TPM event log $evlog bytes, kernel lockdown $lockdown"
+}
+
+check_nodes() {
+	local name
+	while read -r name; do check_node "$name"; done < <(node_names)
+}
+
 # --- up ----------------------------------------------------------------------
 
 write_profile() {
@@ -420,6 +530,7 @@ cmd_up() {
 	in_ns ip link set lo up
 	in_ns sysctl -qw net.ipv4.ip_forward=0
 	prepare_kvm
+	prepare_swtpm_localca
 	start_daemon virtlogd
 	start_daemon libvirtd
 	wait_libvirt
@@ -438,6 +549,9 @@ cmd_up() {
 		touch "$state/pool-created"
 	fi
 
+	set_firmware
+	echo "$firmware" >"$state/firmware"
+	log "firmware: $firmware, box $box"
 	ensure_box
 	driver=$(choose_driver)
 	log "libvirt driver: $driver$([[ $driver == qemu ]] && echo ' (TCG: software emulation, slow)')"
@@ -467,15 +581,13 @@ cmd_up() {
 	pin_keys
 	timings+=("keys: $((SECONDS - t)) s")
 
-	# Check that the lab answers as castellan will see it.
-	while read -r name; do
-		addr=$(node_address "$name")
-		lab_ssh "$addr" 'test -b /dev/vdb && test -c /dev/tpmrm0' ||
-			die "$name ($addr): login with the lab key failed, or /dev/vdb or /dev/tpmrm0 is missing"
-	done < <(node_names)
+	# Check that the lab answers as castellan will see it, and booted as it should.
+	t=$SECONDS
+	check_nodes
+	timings+=("checks: $((SECONDS - t)) s")
 	write_profile
 
-	printf '\nlab is up (%s): %s\n' "$driver" "$lab/profile.yaml"
+	printf '\nlab is up (%s, %s): %s\n' "$driver" "$firmware" "$lab/profile.yaml"
 	printf '  %s\n' "${timings[@]}" "total: $((SECONDS - t0)) s"
 	printf '  run castellan inside the namespace: %s exec ./bin/castellan apply -f %s --yes\n' "$0" "$lab/profile.yaml"
 }
@@ -502,12 +614,13 @@ cmd_down() {
 	mkdir -p "$state"
 	exec 8>"$state/lock"
 	flock -n 8 || die "another lab.sh up/down is running (lock $state/lock)"
-	local t0=$SECONDS dom net pool vol pid name
+	local t0=$SECONDS dom net pool vol pid name fw=${CASTELLAN_BOX_FIRMWARE:-uefi}
+	if [[ -f $state/firmware ]]; then fw=$(<"$state/firmware"); fi
 
 	if virsh -q version >/dev/null 2>&1 && ns_exists; then
 		# Vagrant first (it also forgets the machines), then sweep what is left.
 		local t=$SECONDS
-		(cd "$here" && in_ns env CASTELLAN_NODES="$(node_count)" vagrant destroy -f) >"$state/vagrant-destroy.log" 2>&1 ||
+		(cd "$here" && in_ns env CASTELLAN_NODES="$(node_count)" CASTELLAN_BOX_FIRMWARE="$fw" vagrant destroy -f) >"$state/vagrant-destroy.log" 2>&1 ||
 			log "vagrant destroy failed (see $state/vagrant-destroy.log); removing the VMs with virsh"
 		for dom in $(virsh -q list --all --name | grep '^castellan-' || true); do
 			virsh -q destroy "$dom" >/dev/null 2>&1 || true
@@ -568,6 +681,8 @@ cmd_down() {
 		chown "$uid:$gid" /dev/kvm && chmod "$mode" /dev/kvm && log "restored /dev/kvm to $mode"
 	fi
 	rm -rf "$console_dir"
+	# The nodes' UEFI variable stores (vagrant-libvirt keeps them on destroy).
+	rm -f "${CASTELLAN_NVRAM_DIR:-/var/lib/libvirt/qemu/nvram}"/castellan-*_VARS.fd{,.tmp}
 	# Logs and runtime files libvirt keeps per domain and network.
 	rm -rf /var/log/libvirt/qemu/castellan-*.log /var/log/swtpm/libvirt/qemu/castellan-*.log \
 		/run/libvirt/network/castellan-* /var/lib/libvirt/dnsmasq/castellan-*
@@ -591,6 +706,7 @@ cmd_status() {
 		done
 	done
 	if [[ -f $state/driver ]]; then echo "driver: $(<"$state/driver")"; fi
+	if [[ -f $state/firmware ]]; then echo "firmware: $(<"$state/firmware")"; fi
 	if virsh -q version >/dev/null 2>&1; then
 		echo "VMs:"
 		virsh list --all | sed -n '3,$p' | grep castellan- | sed 's/^/  /' || echo "  none"
@@ -605,6 +721,15 @@ cmd_status() {
 	else
 		echo "profile: none (lab not up)"
 	fi
+}
+
+cmd_check() {
+	need_root
+	ns_exists || die "the lab namespace $ns does not exist; run: $0 up"
+	[[ -f $lab/known_hosts ]] || die "no $lab/known_hosts; run: $0 up"
+	set_firmware
+	check_nodes
+	log "all nodes pass ($firmware)"
 }
 
 cmd_exec() {
@@ -630,6 +755,7 @@ case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
+check) cmd_check ;;
 exec)
 	shift
 	cmd_exec "$@"
@@ -638,5 +764,5 @@ ssh)
 	shift
 	cmd_ssh "$@"
 	;;
-*) die "usage: $0 up|down|status|exec CMD...|ssh NODE [CMD...]" ;;
+*) die "usage: $0 up|down|status|check|exec CMD...|ssh NODE [CMD...]" ;;
 esac
