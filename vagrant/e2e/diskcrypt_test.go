@@ -73,10 +73,23 @@ func (l *lab) reconnect(t *testing.T) {
 }
 
 // resetDiskEncryption makes node's /dev/vdb blank again and removes what
-// castellan's disk encryption made (the lab may be reused, and each test
-// starts with a fresh state repo, which would not hold the old disks'
-// passphrases).
+// castellan made on the node (/var/lib/castellan: the agent, the identity
+// phase's files...): the lab may be reused, and each test starts with a
+// fresh state repo, which would not hold the old disks' passphrases.
 func resetDiskEncryption(t *testing.T, l *lab, node string) {
+	t.Helper()
+	resetDisk(t, l, node, "all")
+}
+
+// blankDataDisk makes node's /dev/vdb blank again and removes what the disk
+// encryption made, leaving the rest (the agent, the node's identity) as it
+// is: the state repo goes on.
+func blankDataDisk(t *testing.T, l *lab, node string) {
+	t.Helper()
+	resetDisk(t, l, node, "disk")
+}
+
+func resetDisk(t *testing.T, l *lab, node, what string) {
 	t.Helper()
 	script := `set -u
 for m in $(awk '$1 ~ "^/dev/mapper/castellan-" {print $2}' /etc/fstab 2>/dev/null); do umount "$m" 2>/dev/null; done
@@ -88,14 +101,15 @@ sed -i '\#^/dev/mapper/castellan-#d' /etc/fstab
 [ -f /etc/crypttab ] && sed -i '/^castellan-/d' /etc/crypttab
 systemctl daemon-reload
 [ -d /var/lib/castellan/data ] && find /var/lib/castellan/data -xdev -maxdepth 1 -type d -exec chattr -i {} + 2>/dev/null
-rm -rf /var/lib/castellan /run/castellan
+rm -rf /var/lib/castellan/data /run/castellan/diskcrypt-crash
+[ "$1" = all ] && rm -rf /var/lib/castellan /run/castellan
 wipefs --all --quiet /dev/vdb
 size=$(blockdev --getsize64 /dev/vdb)
 dd if=/dev/zero of=/dev/vdb bs=1M count=8 conv=fsync status=none
 dd if=/dev/zero of=/dev/vdb bs=1M seek=$((size / 1048576 - 2)) count=2 conv=fsync status=none
 lsblk -no FSTYPE /dev/vdb | grep -q . && exit 1
 exit 0`
-	if out, err := l.try(node, nil, "sh", "-c", script); err != nil {
+	if out, err := l.try(node, nil, "sh", "-c", script, "reset", what); err != nil {
 		t.Fatalf("%s: resetting the data disk: %v %s", node, err, out)
 	}
 }
@@ -554,7 +568,7 @@ func crashSteps(t *testing.T, l *lab, node string) {
 			} else {
 				writeFile(t, l.profile, raw)
 				gen = 1
-				resetDiskEncryption(t, l, node)
+				blankDataDisk(t, l, node)
 			}
 			var env []string
 			if c.installer {
