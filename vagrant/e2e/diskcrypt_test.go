@@ -474,7 +474,6 @@ echo "$dev"`)
 	})
 }
 
-// planHas reports whether a plan's events hold action on node.
 // eventsSay reports whether an event about node holds text.
 func eventsSay(o outcome, node, text string) bool {
 	for _, e := range o.events {
@@ -485,10 +484,19 @@ func eventsSay(o outcome, node, text string) bool {
 	return false
 }
 
+// planHas reports whether a plan (`plan -o json`) or a run's events hold
+// the change action on node.
 func planHas(o outcome, node, action string) bool {
 	for _, e := range o.events {
 		if e.Change != nil && e.Node == node && e.Change.Action == action {
 			return true
+		}
+	}
+	for _, p := range o.plans {
+		for _, c := range p.ForNode(node) {
+			if c.Action == action {
+				return true
+			}
 		}
 	}
 	return false

@@ -115,6 +115,9 @@ func (l *lab) trustSWTPMLocalCA(t *testing.T) {
 // run runs castellan with args and returns its JSON events, final result and exit code.
 type outcome struct {
 	events []engine.Event
+	// plans: what `plan -o json` printed (one plan per line on stdout; its
+	// events go to stderr).
+	plans  []engine.Plan
 	result *state.Record
 	code   int
 	stderr string
@@ -155,20 +158,27 @@ func (l *lab) castellan(t *testing.T, args ...string) outcome {
 	} else if err != nil {
 		t.Fatalf("castellan %v: %v", args, err)
 	}
-	sc := bufio.NewScanner(&stdout)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		var res struct {
-			Result *state.Record `json:"result"`
-		}
-		if json.Unmarshal(line, &res) == nil && res.Result != nil {
-			o.result = res.Result
-			continue
-		}
-		var e engine.Event
-		if err := json.Unmarshal(line, &e); err == nil && e.Status != "" {
-			o.events = append(o.events, e)
+	for _, out := range []*bytes.Buffer{&stdout, bytes.NewBufferString(o.stderr)} {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			var res struct {
+				Result *state.Record `json:"result"`
+			}
+			if json.Unmarshal(line, &res) == nil && res.Result != nil {
+				o.result = res.Result
+				continue
+			}
+			var e engine.Event
+			if err := json.Unmarshal(line, &e); err == nil && e.Status != "" {
+				o.events = append(o.events, e)
+				continue
+			}
+			var p engine.Plan
+			if err := json.Unmarshal(line, &p); err == nil && p.Phase != "" {
+				o.plans = append(o.plans, p)
+			}
 		}
 	}
 	t.Logf("castellan %s: exit %d in %s", strings.Join(args, " "), o.code, time.Since(start).Round(100*time.Millisecond))
