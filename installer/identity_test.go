@@ -106,6 +106,15 @@ func TestIdentityOverRealSSH(t *testing.T) {
 		if _, err := a.Prepare(context.Background(), true); !errors.As(err, new(*InputError)) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("--re-enrol %v (--nodes %v --only %v): %v", c.reEnrol, c.nodes, c.only, err)
 		}
+		pl := NewPlan(testConfig(t, lab, nil))
+		pl.ProfilePath, pl.Nodes, pl.Only, pl.ReEnrol = prof, c.nodes, c.only, c.reEnrol
+		if _, err := pl.Run(context.Background()); !errors.As(err, new(*InputError)) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("plan --re-enrol %v (--nodes %v --only %v): %v", c.reEnrol, c.nodes, c.only, err)
+		}
+		pl.ReEnrol, pl.AcceptBootState = nil, c.reEnrol
+		if _, err := pl.Run(context.Background()); !errors.As(err, new(*InputError)) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("plan --accept-boot-state %v (--nodes %v --only %v): %v", c.reEnrol, c.nodes, c.only, err)
+		}
 	}
 
 	// n2 leaves the profile; the run targets n0 only.
@@ -135,6 +144,25 @@ func TestIdentityOverRealSSH(t *testing.T) {
 	}
 	if _, err := v.VerifyNode(certs["n1"], x509.ExtKeyUsageServerAuth); err != nil {
 		t.Errorf("n1, not targeted, is still trusted: %v", err)
+	}
+
+	// plan --re-enrol n1 shows the re-enrolment apply --re-enrol would make.
+	pl := NewPlan(testConfig(t, lab, nil))
+	pl.ProfilePath, pl.ReEnrol = prof, []string{"n1"}
+	plans, err := pl.Run(context.Background())
+	if err != nil {
+		t.Fatalf("plan --re-enrol n1: %v", err)
+	}
+	var planned []string
+	for _, p := range plans {
+		if p.Phase == identity.Name {
+			for _, c := range p.Changes {
+				planned = append(planned, c.Node+" "+c.Action)
+			}
+		}
+	}
+	if !slices.Contains(planned, "n1 re-enrol") {
+		t.Errorf("plan --re-enrol n1: identity changes %q", planned)
 	}
 
 	// An explicit re-enrolment of n1: a new key, the old certificate revoked.

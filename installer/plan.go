@@ -22,6 +22,9 @@ type Plan struct {
 	Only, Nodes []string
 	// AcceptNewHostKeys plans to trust host keys known_hosts does not hold.
 	AcceptNewHostKeys bool
+	// ReEnrol and AcceptBootState are apply's flags of the same names: the
+	// plan shows what apply with them would do (and nothing is recorded).
+	ReEnrol, AcceptBootState []string
 }
 
 // NewPlan returns the plan verb.
@@ -40,6 +43,12 @@ func (p *Plan) Run(ctx context.Context) ([]engine.Plan, error) {
 	}
 	t, err := newTarget(p.cfg, prof, p.Only, p.Nodes)
 	if err != nil {
+		return nil, err
+	}
+	if err := t.reEnrol(p.ReEnrol); err != nil {
+		return nil, err
+	}
+	if err := t.acceptBootState(p.AcceptBootState); err != nil {
 		return nil, err
 	}
 	repo, err := t.readState(false)

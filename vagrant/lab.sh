@@ -565,6 +565,18 @@ cmd_up() {
 	local emulator=
 	[[ $driver == qemu ]] && emulator=$(install_tcg_wrapper)
 
+	# A domain Vagrant does not know (left by a lab brought up from another
+	# checkout, whose .vagrant/ holds its id) makes `vagrant up` fail with
+	# "Name ... is already taken": say what to do instead.
+	local name
+	while read -r name; do
+		if virsh -q dominfo "castellan-$name" >/dev/null 2>&1 && [[ ! -s $here/.vagrant/machines/$name/libvirt/id ]]; then
+			die "the VM castellan-$name exists but this checkout's Vagrant ($here/.vagrant) does not know it:
+  it was left by a lab brought up from another checkout or interrupted. $0 down removes it (and
+  every castellan-* VM of the lab); then $0 up again"
+		fi
+	done < <(node_names)
+
 	log "vagrant up: $(node_names | tr '\n' ' ')(output in $lab/vagrant-up.log)"
 	local t=$SECONDS
 	if ! (cd "$here" && in_ns env CASTELLAN_NODES="$(node_count)" CASTELLAN_LIBVIRT_DRIVER="$driver" \

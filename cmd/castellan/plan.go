@@ -13,7 +13,7 @@ import (
 )
 
 func (a *app) planCommand() *cobra.Command {
-	var only, nodes []string
+	var only, nodes, reEnrol, acceptBoot []string
 	cmd := &cobra.Command{
 		Use:   "plan -f PROFILE",
 		Short: "Show what apply would change, per phase and node, touching nothing",
@@ -35,6 +35,7 @@ to install it, and phases that need the node's facts say so.`,
 			v := installer.NewPlan(cfg)
 			v.ProfilePath, v.AcceptNewHostKeys = a.profile.value, a.acceptNewKeys
 			v.Only, v.Nodes = selection(cmd, "only", only), selection(cmd, "nodes", nodes)
+			v.ReEnrol, v.AcceptBootState = reEnrol, acceptBoot
 			plans, err := v.Run(a.ctx)
 			var failed []string
 			var pe *engine.PlanError
@@ -64,6 +65,8 @@ to install it, and phases that need the node's facts say so.`,
 	a.outputFlag(cmd, "one plan per line")
 	cmd.Flags().StringSliceVar(&only, "only", nil, "plan only these phases")
 	cmd.Flags().StringSliceVar(&nodes, "nodes", nil, "plan only these nodes")
+	cmd.Flags().StringArrayVar(&reEnrol, "re-enrol", nil, "plan as apply --re-enrol NODE would (repeatable): the node's new TPM accepted, a new key and certificate")
+	cmd.Flags().StringArrayVar(&acceptBoot, "accept-boot-state", nil, "plan as apply --accept-boot-state NODE would (repeatable): the node's changed boot state accepted, so the plan shows what the run would then do to it")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
 }

@@ -143,7 +143,7 @@ func run(t testing.TB, stdin string, argv ...string) string {
 // open --test-passphrase, the passphrase on stdin).
 func opens(t testing.TB, path string, p Passphrase) bool {
 	t.Helper()
-	cmd := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-file", "-", path)
+	cmd := exec.Command("cryptsetup", "open", "--test-passphrase", "--disable-external-tokens", "--key-file", "-", path)
 	cmd.Stdin = strings.NewReader(string(p))
 	return cmd.Run() == nil
 }

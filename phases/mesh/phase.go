@@ -111,10 +111,15 @@ type member struct {
 	record   KeyRecord
 	hasRec   bool
 	// key is the verified public key peers get; zero until known.
-	key       string
-	needKey   bool   // ensure-key
-	replace   string // rotate away from this key
-	needSign  bool
+	key      string
+	needKey  bool   // ensure-key
+	replace  string // rotate away from this key
+	needSign bool
+	// resign: the node holds the key its peers have (the recorded one),
+	// whose signature no longer verifies against today's certificate (the
+	// identity phase gave the node a new one). Signing it again changes
+	// no peer's configuration.
+	resign    bool
 	sshSource netip.Prefix
 	sshPort   int
 }
@@ -280,6 +285,7 @@ func (p Phase) analyze(ctx context.Context, v *engine.View, c engine.Caller) (*s
 			}
 		default:
 			m.needSign = true
+			m.resign = m.hasRec && m.record.PublicKey == m.obs.Key.PublicKey
 		}
 	}
 	return s, nil
@@ -438,9 +444,11 @@ func (p Phase) waitingFor(ctx context.Context, v *engine.View) (string, error) {
 
 // changes lists what Apply does, node by node in profile order.
 func (s *state) changes() ([]engine.Change, error) {
+	// A key that peers do not hold yet (new, rotated, or not the recorded
+	// one) changes every peer; re-signing the recorded key changes none.
 	keysChange := false
 	for _, m := range s.inMesh() {
-		if m.needSign {
+		if m.needSign && !m.resign {
 			keysChange = true
 		}
 	}
@@ -488,7 +496,7 @@ func (s *state) changes() ([]engine.Change, error) {
 // recorded verified key.
 func (s *state) sameAsRecorded(_ *member, _ DeviceConfig) bool {
 	for _, o := range s.inMesh() {
-		if o.key == "" {
+		if o.key == "" && !o.resign {
 			return false
 		}
 	}

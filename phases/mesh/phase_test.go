@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -218,10 +219,20 @@ func (l *phaseLab) profile(nodes int) *profile.Profile {
 	return p
 }
 
-// apply plans and applies the phase on the first nodes of the lab.
-func (l *phaseLab) apply(nodes int) (engine.Plan, engine.Result, *engine.Session) {
+// apply plans and applies the phase on the first nodes of the lab, or, with
+// target, on those of them only (--nodes).
+func (l *phaseLab) apply(nodes int, target ...string) (engine.Plan, engine.Result, *engine.Session) {
 	p := l.profile(nodes)
-	s := engine.NewSession(engine.SessionConfig{ID: "t", Profile: p, Nodes: p.Spec.Nodes, Access: l.nodes, Store: l.store})
+	run := p.Spec.Nodes
+	if len(target) > 0 {
+		run = nil
+		for _, n := range p.Spec.Nodes {
+			if slices.Contains(target, n.Name) {
+				run = append(run, n)
+			}
+		}
+	}
+	s := engine.NewSession(engine.SessionConfig{ID: "t", Profile: p, Nodes: run, Access: l.nodes, Store: l.store})
 	e := &engine.Engine{Phases: []engine.Phase{l.phase}}
 	plans, err := e.PlanAll(context.Background(), s, e.Phases)
 	if err != nil {
@@ -343,6 +354,27 @@ func TestPhase(t *testing.T) {
 			t.Errorf("%s changed when n4 came: %+v -> %+v", n, a, got)
 		}
 	}
+
+	// n1 gets a new identity key and certificate (the identity phase
+	// enrolled it again): the recorded signature of its WireGuard key no
+	// longer verifies. A run on n1 alone re-signs the same key, which every
+	// peer already holds: no untargeted node's peers change, so the run is
+	// not refused for them, and nothing but n1 is touched.
+	l.id.add("lab", "n1")
+	plan, res, s = l.apply(4, "n1")
+	if res.Outcome != engine.OutcomeOK {
+		t.Fatalf("n1 alone with a new identity: %s %s %v", res.Outcome, res.Error, s.NodeErrors())
+	}
+	if got := actions(plan); !strings.Contains(got, "n1:sign-key") || strings.Contains(got, "ensure-key") || strings.Contains(got, "n2:") {
+		t.Errorf("n1 alone with a new identity planned %s", got)
+	}
+	if got, _ := engine.Lookup(s.View(Name), meshaddr.Key, "n1"); got != first["n1"] {
+		t.Errorf("n1's mesh entry changed on re-signing: %+v -> %+v", first["n1"], got)
+	}
+	if plan, _, s = l.apply(4); !plan.Empty() {
+		t.Errorf("after re-signing n1, a run on every node plans %s", actions(plan))
+	}
+	l.pingAll(s, "n1", "n2", "n3", "n4")
 
 	// n2's identity is revoked: it is removed from every peer and from
 	// their firewalls; nothing is done to n2 itself.

@@ -73,10 +73,23 @@ func (l *lab) reconnect(t *testing.T) {
 }
 
 // resetDiskEncryption makes node's /dev/vdb blank again and removes what
-// castellan's disk encryption made (the lab may be reused, and each test
-// starts with a fresh state repo, which would not hold the old disks'
-// passphrases).
+// castellan made on the node (/var/lib/castellan: the agent, the identity
+// phase's files...): the lab may be reused, and each test starts with a
+// fresh state repo, which would not hold the old disks' passphrases.
 func resetDiskEncryption(t *testing.T, l *lab, node string) {
+	t.Helper()
+	resetDisk(t, l, node, "all")
+}
+
+// blankDataDisk makes node's /dev/vdb blank again and removes what the disk
+// encryption made, leaving the rest (the agent, the node's identity) as it
+// is: the state repo goes on.
+func blankDataDisk(t *testing.T, l *lab, node string) {
+	t.Helper()
+	resetDisk(t, l, node, "disk")
+}
+
+func resetDisk(t *testing.T, l *lab, node, what string) {
 	t.Helper()
 	script := `set -u
 for m in $(awk '$1 ~ "^/dev/mapper/castellan-" {print $2}' /etc/fstab 2>/dev/null); do umount "$m" 2>/dev/null; done
@@ -88,14 +101,15 @@ sed -i '\#^/dev/mapper/castellan-#d' /etc/fstab
 [ -f /etc/crypttab ] && sed -i '/^castellan-/d' /etc/crypttab
 systemctl daemon-reload
 [ -d /var/lib/castellan/data ] && find /var/lib/castellan/data -xdev -maxdepth 1 -type d -exec chattr -i {} + 2>/dev/null
-rm -rf /var/lib/castellan /run/castellan
+rm -rf /var/lib/castellan/data /run/castellan/diskcrypt-crash
+[ "$1" = all ] && rm -rf /var/lib/castellan /run/castellan
 wipefs --all --quiet /dev/vdb
 size=$(blockdev --getsize64 /dev/vdb)
 dd if=/dev/zero of=/dev/vdb bs=1M count=8 conv=fsync status=none
 dd if=/dev/zero of=/dev/vdb bs=1M seek=$((size / 1048576 - 2)) count=2 conv=fsync status=none
 lsblk -no FSTYPE /dev/vdb | grep -q . && exit 1
 exit 0`
-	if out, err := l.try(node, nil, "sh", "-c", script); err != nil {
+	if out, err := l.try(node, nil, "sh", "-c", script, "reset", what); err != nil {
 		t.Fatalf("%s: resetting the data disk: %v %s", node, err, out)
 	}
 }
@@ -157,9 +171,10 @@ func (l *lab) secret(t *testing.T, name string) []byte {
 }
 
 // opensWith reports whether passphrase opens node's /dev/vdb (cryptsetup
-// open --test-passphrase, the passphrase on stdin).
+// open --test-passphrase, the passphrase on stdin; no token plugin, which
+// would open the disk with the TPM whatever the passphrase).
 func (l *lab) opensWith(node string, passphrase []byte) bool {
-	_, err := l.try(node, passphrase, "cryptsetup", "open", "--test-passphrase", "--key-file", "-", "/dev/vdb")
+	_, err := l.try(node, passphrase, "cryptsetup", "open", "--test-passphrase", "--disable-external-tokens", "--key-file", "-", "/dev/vdb")
 	return err == nil
 }
 
@@ -283,7 +298,7 @@ func TestDiskEncryption(t *testing.T) {
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		outputs = append(outputs, o)
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-			t.Fatalf("apply exit %d: %s\n%+v", o.code, o.stderr, o.result)
+			t.Fatalf("apply exit %d: %s", o.code, o.brief())
 		}
 		for _, n := range nodes {
 			uuids[n] = l.checkEncrypted(t, n, []int{7})
@@ -317,7 +332,7 @@ func TestDiskEncryption(t *testing.T) {
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		outputs = append(outputs, o)
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
-			t.Fatalf("rerun exit %d, result %+v: %s", o.code, o.result, o.stderr)
+			t.Fatalf("rerun exit %d, %s", o.code, o.brief())
 		}
 	})
 
@@ -335,28 +350,35 @@ func TestDiskEncryption(t *testing.T) {
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		outputs = append(outputs, o)
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
-			t.Errorf("apply after the reboot: exit %d, %+v", o.code, o.result)
+			t.Errorf("apply after the reboot: exit %d, %s", o.code, o.brief())
 		}
 	})
 
 	t.Run("a TPM that stops unsealing: the node still boots, the rerun re-enrols", func(t *testing.T) {
 		node := nodes[len(nodes)-1]
 		l.on(t, node, "sh", "-c", "echo kept > "+dataMount+"/marker && sync")
-		// Extending PCR 7 makes the TPM refuse the key sealed to its value:
-		// the plan must see it (the TPM probe) and re-enrol on the new value.
+		// Extending PCR 7 makes the TPM refuse the key sealed to its value,
+		// as a changed Secure Boot policy would. The boot state attestation
+		// refuses the node first; accepted explicitly, the plan must see
+		// the refusal (the TPM probe) and re-enrol on the new value.
 		l.on(t, node, "tpm2_pcrextend", "7:sha256=0000000000000000000000000000000000000000000000000000000000000001")
 		o := l.castellan(t, "plan", "-f", l.profile, "-o", "json")
-		if !planHas(o, node, diskcrypt.ActionEnrolTPM) {
-			t.Fatalf("the plan does not re-enrol the TPM of %s: %s", node, o.stderr)
+		if o.code != 1 || !eventsSay(o, node, "castellan apply --accept-boot-state "+node) {
+			t.Fatalf("the plan after PCR 7 changed on %s: exit %d, no refusal of its boot state: %s", node, o.code, o.stderr)
 		}
-		o = l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
+		o = l.castellan(t, "plan", "-f", l.profile, "--accept-boot-state", node, "-o", "json")
+		if !planHas(o, node, diskcrypt.ActionEnrolTPM) {
+			t.Fatalf("the plan does not re-enrol the TPM of %s: exit %d %s", node, o.code, o.stderr)
+		}
+		o = l.castellan(t, "apply", "-f", l.profile, "--yes", "--accept-boot-state", node, "-o", "json")
 		outputs = append(outputs, o)
 		if o.code != 0 {
-			t.Fatalf("apply exit %d: %+v", o.code, o.result)
+			t.Fatalf("apply exit %d: %s", o.code, o.brief())
 		}
 		// After a reboot PCR 7 is the firmware's again: the TPM refuses, the
 		// unit fails at once (headless), the boot goes on (nofail), and the
-		// bare mount point takes no data (immutable).
+		// bare mount point takes no data (immutable). The boot state is the
+		// one before the extension again, accepted again below.
 		l.waitReboot(t, node)
 		if got, _ := l.try(node, nil, "findmnt", "-n", dataMount); got != "" {
 			t.Fatalf("%s: %s is mounted although the TPM should refuse: %s", node, dataMount, got)
@@ -368,10 +390,10 @@ func TestDiskEncryption(t *testing.T) {
 		if _, err := l.try(node, nil, "touch", dataMount+"/plaintext"); err == nil {
 			t.Errorf("%s: a file could be written on the system disk beneath the mount point", node)
 		}
-		o = l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
+		o = l.castellan(t, "apply", "-f", l.profile, "--yes", "--accept-boot-state", node, "-o", "json")
 		outputs = append(outputs, o)
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-			t.Fatalf("apply after the refused unlock: exit %d, %+v %s", o.code, o.result, o.stderr)
+			t.Fatalf("apply after the refused unlock: exit %d, %s", o.code, o.brief())
 		}
 		l.checkEncrypted(t, node, []int{7})
 		if got := l.on(t, node, "cat", dataMount+"/marker"); got != "kept" {
@@ -386,7 +408,7 @@ func TestDiskEncryption(t *testing.T) {
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		outputs = append(outputs, o)
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-			t.Fatalf("apply exit %d: %+v %s", o.code, o.result, o.stderr)
+			t.Fatalf("apply exit %d: %s", o.code, o.brief())
 		}
 		for _, n := range nodes {
 			r := l.record(t, n)
@@ -400,7 +422,7 @@ func TestDiskEncryption(t *testing.T) {
 			}
 		}
 		if o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json"); o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
-			t.Errorf("rerun after the rotation: %+v", o.result)
+			t.Errorf("rerun after the rotation: %s", o.brief())
 		}
 	})
 
@@ -423,7 +445,7 @@ echo "$dev"`)
 		outputs = append(outputs, o)
 		if o.code != 1 || o.result == nil || !strings.Contains(o.result.NodeErrors[node], "data disk "+loop+` holds an ext4 filesystem (label "e2e-old"`) ||
 			!strings.Contains(o.result.NodeErrors[node], "allowFormat") {
-			t.Errorf("apply with an ext4 disk: exit %d, %+v", o.code, o.result)
+			t.Errorf("apply with an ext4 disk: exit %d, %s", o.code, o.brief())
 		}
 		if after := sum(); after != before {
 			t.Errorf("%s: the refused disk changed: %s -> %s", node, before, after)
@@ -453,6 +475,16 @@ echo "$dev"`)
 }
 
 // planHas reports whether a plan's events hold action on node.
+// eventsSay reports whether an event about node holds text.
+func eventsSay(o outcome, node, text string) bool {
+	for _, e := range o.events {
+		if e.Node == node && strings.Contains(e.Message, text) {
+			return true
+		}
+	}
+	return false
+}
+
 func planHas(o outcome, node, action string) bool {
 	for _, e := range o.events {
 		if e.Change != nil && e.Node == node && e.Change.Action == action {
@@ -536,7 +568,7 @@ func crashSteps(t *testing.T, l *lab, node string) {
 			} else {
 				writeFile(t, l.profile, raw)
 				gen = 1
-				resetDiskEncryption(t, l, node)
+				blankDataDisk(t, l, node)
 			}
 			var env []string
 			if c.installer {
@@ -554,10 +586,10 @@ func crashSteps(t *testing.T, l *lab, node string) {
 			}
 			o = l.castellanWith(t, bin, nil, "apply", "-f", l.profile, "--yes", "--nodes", node, "-o", "json")
 			if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-				t.Fatalf("the rerun after a crash at %s: exit %d, %+v %s", c.step, o.code, o.result, o.stderr)
+				t.Fatalf("the rerun after a crash at %s: exit %d, %s", c.step, o.code, o.brief())
 			}
 			if o := l.castellanWith(t, bin, nil, "apply", "-f", l.profile, "--yes", "--nodes", node, "-o", "json"); o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
-				t.Errorf("a third run after a crash at %s is not a no-op: %+v", c.step, o.result)
+				t.Errorf("a third run after a crash at %s is not a no-op: %s", c.step, o.brief())
 			}
 			l.checkEncrypted(t, node, []int{7})
 			r := l.record(t, node)

@@ -16,9 +16,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -116,6 +118,24 @@ type outcome struct {
 	result *state.Record
 	code   int
 	stderr string
+}
+
+// brief is the run's outcome for a failure message: the outcome, the
+// error and each node's error (the whole record, outputs and all, is too
+// long to read in a test log), then castellan's stderr.
+func (o outcome) brief() string {
+	if o.result == nil {
+		return "no result; stderr: " + o.stderr
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "run %d %s: %s", o.result.Number, o.result.Outcome, o.result.Error)
+	for _, n := range slices.Sorted(maps.Keys(o.result.NodeErrors)) {
+		fmt.Fprintf(&b, "\n  %s: %s", n, o.result.NodeErrors[n])
+	}
+	if o.stderr != "" {
+		b.WriteString("\nstderr: " + o.stderr)
+	}
+	return b.String()
 }
 
 func (l *lab) castellan(t *testing.T, args ...string) outcome {
@@ -329,7 +349,7 @@ func TestLab(t *testing.T) {
 		}
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
-			t.Fatalf("second apply exit %d, result %+v: %s", o.code, o.result, o.stderr)
+			t.Fatalf("second apply exit %d, %s", o.code, o.brief())
 		}
 		if up := uploads(o); len(up) > 0 {
 			t.Errorf("second apply uploaded again to %v", up)
@@ -361,7 +381,7 @@ func TestLab(t *testing.T) {
 		}
 		o := l.castellan(t, "rollback", "--to", "1", "-f", l.profile, "--yes", "-o", "json")
 		if o.code != 0 || o.result == nil || o.result.Command != "rollback" || o.result.RollbackOf != 1 {
-			t.Fatalf("rollback exit %d result %+v: %s", o.code, o.result, o.stderr)
+			t.Fatalf("rollback exit %d %s", o.code, o.brief())
 		}
 		repo := filepath.Join(l.dir, "state")
 		head, err := exec.Command("git", "-C", repo, "show", "HEAD:profile.yaml").Output()
@@ -390,7 +410,7 @@ func TestLab(t *testing.T) {
 		}
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		if o.code != 1 || o.result == nil || o.result.Outcome != engine.OutcomeFailed {
-			t.Fatalf("exit %d result %+v", o.code, o.result)
+			t.Fatalf("exit %d result %s", o.code, o.brief())
 		}
 		if !strings.Contains(o.result.Error, "data disk /dev/vdz does not exist") {
 			t.Errorf("error = %q", o.result.Error)
@@ -421,7 +441,7 @@ func TestLab(t *testing.T) {
 		// Even with --accept-new-host-keys: a changed key is never accepted.
 		o := l.castellan(t, "apply", "-f", filepath.Join(dir, "profile.yaml"), "--yes", "--accept-new-host-keys", "-o", "json")
 		if o.code != 1 || o.result == nil || !strings.Contains(o.result.Error, "HOST KEY CHANGED for server-1") || !strings.Contains(o.result.Error, "SHA256:") {
-			t.Errorf("apply with a changed host key: exit %d, result %+v\n%s", o.code, o.result, o.stderr)
+			t.Errorf("apply with a changed host key: exit %d, result %s", o.code, o.brief())
 		}
 		if after := readFile(t, filepath.Join(dir, "known_hosts")); string(after) != strings.Join(forged, "\n")+"\n" {
 			t.Errorf("known_hosts was changed:\n%s", after)
@@ -441,7 +461,7 @@ func TestLab(t *testing.T) {
 
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		if o.code != 1 || o.result == nil || o.result.Outcome != engine.OutcomeFailed {
-			t.Fatalf("apply after recreating %s: exit %d, result %+v\n%s", node, o.code, o.result, o.stderr)
+			t.Fatalf("apply after recreating %s: exit %d, %s", node, o.code, o.brief())
 		}
 		if msg := o.result.NodeErrors[node]; !strings.Contains(msg, "endorsement key changed") || !strings.Contains(msg, "--re-enrol "+node) || !strings.Contains(msg, oldEK) {
 			t.Errorf("%s refused with %q", node, msg)
@@ -460,7 +480,7 @@ func TestLab(t *testing.T) {
 
 		o = l.castellan(t, "apply", "-f", l.profile, "--yes", "--re-enrol", node, "-o", "json")
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-			t.Fatalf("apply --re-enrol %s: exit %d, result %+v\n%s", node, o.code, o.result, o.stderr)
+			t.Fatalf("apply --re-enrol %s: exit %d, %s", node, o.code, o.brief())
 		}
 		e := recordedEnrolment(t, o.result, node)
 		cert := l.nodeCert(t, node)
@@ -487,7 +507,7 @@ func TestLab(t *testing.T) {
 			t.Errorf("the new certificate of %s: %v", node, err)
 		}
 		if o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json"); o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
-			t.Errorf("apply after the re-enrolment: exit %d, result %+v", o.code, o.result)
+			t.Errorf("apply after the re-enrolment: exit %d, result %s", o.code, o.brief())
 		}
 	})
 

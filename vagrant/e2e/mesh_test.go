@@ -154,13 +154,13 @@ func TestMesh(t *testing.T) {
 	writeFile(t, l.profile, []byte(without))
 	o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 	if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-		t.Fatalf("apply without %s: exit %d %+v\n%s", last.Name, o.code, o.result, o.stderr)
+		t.Fatalf("apply without %s: exit %d %s", last.Name, o.code, o.brief())
 	}
 
 	writeFile(t, l.profile, full)
 	o = l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 	if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-		t.Fatalf("apply adding %s: exit %d %+v\n%s", last.Name, o.code, o.result, o.stderr)
+		t.Fatalf("apply adding %s: exit %d %s", last.Name, o.code, o.brief())
 	}
 	mesh := meshAddrs(t, o)
 	for _, n := range nodes {
@@ -226,7 +226,7 @@ func TestMesh(t *testing.T) {
 	t.Run("a rerun is a no-op", func(t *testing.T) {
 		o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 		if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeUnchanged {
-			t.Errorf("rerun: exit %d %+v", o.code, o.result)
+			t.Errorf("rerun: exit %d %s", o.code, o.brief())
 		}
 	})
 

@@ -97,7 +97,7 @@ func freshInstall(t *testing.T, l *lab) (outcome, []string) {
 	}
 	o := l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 	if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-		t.Fatalf("apply: exit %d %+v\n%s", o.code, o.result, o.stderr)
+		t.Fatalf("apply: exit %d %s", o.code, o.brief())
 	}
 	return o, nodes
 }
@@ -122,7 +122,7 @@ func TestBootState(t *testing.T) {
 	}
 	o = l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 	if o.code != 0 || o.result.Outcome != engine.OutcomeUnchanged {
-		t.Fatalf("no-op apply: exit %d %+v", o.code, o.result)
+		t.Fatalf("no-op apply: exit %d %s", o.code, o.brief())
 	}
 	for _, n := range nodes {
 		if b := bootStateOf(t, o, n); b.Result != "matched" {
@@ -138,7 +138,7 @@ func TestBootState(t *testing.T) {
 	l.on(t, victim, "tpm2_pcrextend", "4:sha256="+strings.Repeat("ab", 32))
 	o = l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 	if o.code != 1 || o.result == nil || o.result.Outcome != engine.OutcomeFailed {
-		t.Fatalf("apply after the extend: exit %d %+v", o.code, o.result)
+		t.Fatalf("apply after the extend: exit %d %s", o.code, o.brief())
 	}
 	var refused []string
 	for n := range o.result.NodeErrors {
@@ -173,7 +173,7 @@ func TestBootState(t *testing.T) {
 
 	o = l.castellan(t, "apply", "-f", l.profile, "--yes", "--accept-boot-state", victim, "-o", "json")
 	if o.code != 0 || o.result == nil || o.result.Outcome != engine.OutcomeOK {
-		t.Fatalf("apply --accept-boot-state: exit %d %+v\n%s", o.code, o.result, o.stderr)
+		t.Fatalf("apply --accept-boot-state: exit %d %s", o.code, o.brief())
 	}
 	b := bootStateOf(t, o, victim)
 	if b.Result != "accepted" || !slices.Equal(b.Changed, []int{4}) || b.PreviousDigest == "" || b.PreviousDigest == b.Digest {
@@ -184,7 +184,7 @@ func TestBootState(t *testing.T) {
 	}
 	o = l.castellan(t, "apply", "-f", l.profile, "--yes", "-o", "json")
 	if o.code != 0 || o.result.Outcome != engine.OutcomeUnchanged {
-		t.Fatalf("apply after accepting: exit %d %+v", o.code, o.result)
+		t.Fatalf("apply after accepting: exit %d %s", o.code, o.brief())
 	}
 	if v := l.verify(t); v.code != 0 {
 		t.Errorf("verify after accepting: exit %d", v.code)
