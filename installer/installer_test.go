@@ -469,7 +469,7 @@ func TestForeignStateDirectoryIsRefused(t *testing.T) {
 	os.WriteFile(filepath.Join(mine, "README.md"), []byte("my notes\n"), 0o644)
 	prof := testCluster(t, lab, "", "  state: {repo: "+mine+"}\n")
 	_, err := applyYes(t, testConfig(t, lab, nil), prof)
-	if !errors.As(err, new(*InputError)) || !strings.Contains(err.Error(), "is not a castellan state repo") {
+	if !errors.As(err, new(*InputError)) || !errors.Is(err, state.ErrNotStateRepo) || !strings.Contains(err.Error(), "already holds files (README.md)") {
 		t.Fatalf("apply into a foreign folder: %v", err)
 	}
 	entries, _ := os.ReadDir(mine)

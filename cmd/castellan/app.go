@@ -105,13 +105,20 @@ Then:        castellan validate -f cluster.yaml
              castellan apply -f cluster.yaml`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args:          args(cobra.NoArgs),
+		Args:          args(noCommand),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.runTUI(cmd)
 		},
 	}
 	a.tuiFlags(root)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		// "castellan netpol rendr -f x": the misspelt command is the
+		// mistake, not the flag that belongs to the command meant.
+		if cmd.HasSubCommands() && len(cmd.Flags().Args()) > 0 {
+			return usageError{noCommand(cmd, cmd.Flags().Args())}
+		}
+		return usageError{err}
+	})
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn, error")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
 		var lvl slog.Level
@@ -123,7 +130,59 @@ Then:        castellan validate -f cluster.yaml
 	root.AddCommand(a.applyCommand(), a.planCommand(), a.validateCommand(), a.historyCommand(), a.diffCommand(),
 		a.rollbackCommand(), a.profileCommand(), a.versionCommand(), a.agentCommand(), a.verifyCommand())
 	root.AddCommand(a.netpolCommand())
+	// The completion command groupCommands adds writes where root writes
+	// when it is added.
+	root.SetIn(a.stdin)
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	groupCommands(root)
 	return root
+}
+
+// groupCommands makes every command that only groups others (profile,
+// netpol, completion) print its help when called alone and refuse anything
+// else as a usage error (exit code 2). Cobra's default for such a command is
+// to print its help and exit 0 whatever follows it, so a misspelt command
+// ("castellan netpol rendr") looked like success.
+func groupCommands(root *cobra.Command) {
+	// Added here rather than by Execute, so that it is a group like the others.
+	root.InitDefaultCompletionCmd()
+	root.SuggestionsMinimumDistance = 2
+	var walk func(*cobra.Command)
+	walk = func(parent *cobra.Command) {
+		for _, c := range parent.Commands() {
+			if c.HasSubCommands() && !c.Runnable() {
+				c.Args = args(noCommand)
+				c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+				c.SuggestionsMinimumDistance = 2
+			}
+			walk(c)
+		}
+	}
+	walk(root)
+}
+
+// noCommand accepts no positional argument: the first one given is an
+// unknown command of cmd, reported with the closest command's name, or with
+// cmd's commands when none is close.
+func noCommand(cmd *cobra.Command, a []string) error {
+	if len(a) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", a[0], cmd.CommandPath())
+	if s := cmd.SuggestionsFor(a[0]); len(s) > 0 {
+		return fmt.Errorf("%s; did you mean %s?", msg, strings.Join(s, " or "))
+	}
+	var names []string
+	for _, c := range cmd.Commands() {
+		if c.IsAvailableCommand() {
+			names = append(names, c.Name())
+		}
+	}
+	if len(names) == 0 {
+		return errors.New(msg)
+	}
+	return fmt.Errorf("%s; its commands are: %s", msg, strings.Join(names, ", "))
 }
 
 // logger logs text on stderr at --log-level.

@@ -63,11 +63,15 @@ func (v *validator) keyFile(field, file string, agent bool) {
 	if !ok {
 		return
 	}
+	path := v.p.Resolve(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		v.errf(field, "cannot read key file %v; correct the path, or create the key (ssh-keygen -t ed25519 -f %s) and authorize %s.pub where castellan logs in", err, path, path)
+		return
+	}
 	if err != nil {
 		v.errf(field, "cannot read key file %v", err)
 		return
 	}
-	path := v.p.Resolve(file)
 	_, err = ssh.ParseRawPrivateKey(data)
 	var missing *ssh.PassphraseMissingError
 	switch {

@@ -185,7 +185,7 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "key file missing",
 			body: strings.Replace(validProfile, "keyFile: id_test", "keyFile: id_missing", 1),
-			want: `cluster.yaml:8:5: spec.ssh.keyFile: cannot read key file {dir}/id_missing: no such file or directory`,
+			want: `cluster.yaml:8:5: spec.ssh.keyFile: cannot read key file {dir}/id_missing: no such file or directory; correct the path, or create the key (ssh-keygen -t ed25519 -f {dir}/id_missing) and authorize {dir}/id_missing.pub where castellan logs in`,
 		},
 		{
 			name: "agent without SSH_AUTH_SOCK",

@@ -151,6 +151,20 @@ func FuzzCommandLine(f *testing.F) {
 	})
 }
 
+// TestDrainWrapperReadsStages: when the SFTP client gave up before reading
+// anything (its first write hit a wrapper that had exited), draining the
+// finished session's output still records the wrapper's stage and the login
+// noise, so a refused sudo is told from a broken login shell.
+func TestDrainWrapperReadsStages(t *testing.T) {
+	m := newMarker()
+	out := newMarkerReader(m, strings.NewReader("motd\n"+m+" sudo /bin/sh\n"))
+	drainWrapper(out)
+	started, stage, shell, noise, _ := out.f.state()
+	if started || stage != stageSudo || shell != "/bin/sh" || string(noise) != "motd\n" {
+		t.Fatalf("started %v, stage %q, shell %q, noise %q; want the sudo stage of /bin/sh after the noise \"motd\\n\"", started, stage, shell, noise)
+	}
+}
+
 // TestMarkerFilter: the login noise, split anywhere across writes, is kept
 // apart from the output, and the stage lines are recorded.
 func TestMarkerFilter(t *testing.T) {

@@ -131,6 +131,11 @@ func (c *Client) openSFTP(ctx context.Context, privileged bool, op string) (*sft
 		if errors.As(werr, &ee) {
 			code = ee.ExitStatus()
 		}
+		// The SFTP client can fail writing its first packet to a wrapper
+		// that already exited, before it read anything: the wrapper's stage
+		// lines (sudo ...) are then still unread, and a refused sudo would
+		// look like a broken login shell. The session is over: read them.
+		drainWrapper(out)
 	case <-time.After(5 * time.Second):
 	}
 	sess.Close()
@@ -162,6 +167,13 @@ func (c *Client) openSFTP(ctx context.Context, privileged bool, op string) (*sft
 	}
 	return nil, nil, errorf("ssh: starting sftp-server on %s (exit code %d): %w: %s",
 		c.name, code, err, strings.TrimSpace(string(stderr.bytes())))
+}
+
+// drainWrapper reads what is left of a finished wrapper's standard output
+// through its marker filter (at most 1 MiB), so that its stage lines and
+// login noise are known.
+func drainWrapper(out *markerReader) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(out, 1<<20))
 }
 
 // progressReader hashes and counts what is read from r and reports progress.

@@ -30,7 +30,7 @@ func TestCheckRefusesForeignDirectories(t *testing.T) {
 	}{
 		{"a folder with files", func(t *testing.T, dir string) {
 			writeFiles(t, dir, map[string]string{"README.md": "my notes\n", ".gitignore": "*.o\n"})
-		}, "already holds files (.gitignore, README.md) and is not a castellan state repo"},
+		}, "already holds files (.gitignore, README.md), not a castellan state repo"},
 		{"another git repository", func(t *testing.T, dir string) {
 			writeFiles(t, dir, map[string]string{"README.md": "my project\n"})
 			gitCLI(t, dir, "init", "-q", "-b", "main")
@@ -52,6 +52,10 @@ func TestCheckRefusesForeignDirectories(t *testing.T) {
 			err := Check(dir)
 			if !errors.Is(err, ErrNotStateRepo) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Check = %v, want %q", err, tt.want)
+			}
+			// The message says it once, and says what to do.
+			if n := strings.Count(err.Error(), ErrNotStateRepo.Error()); n != 1 || !strings.Contains(err.Error(), "choose an empty or new directory") {
+				t.Errorf("Check = %q: want %q once (got %d) and what to do", err, ErrNotStateRepo, n)
 			}
 			lock, err := LockDir(dir)
 			if err != nil {

@@ -148,7 +148,7 @@ func Check(dir string) error {
 		for _, e := range entries[:min(3, len(entries))] {
 			names = append(names, e.Name())
 		}
-		return fmt.Errorf("%s already holds files (%s) and is not a castellan state repo, %w: choose an empty or new directory for spec.state.repo", dir, strings.Join(names, ", "), ErrNotStateRepo)
+		return fmt.Errorf("%s already holds files (%s), %w: choose an empty or new directory for spec.state.repo", dir, strings.Join(names, ", "), ErrNotStateRepo)
 	}
 	return nil
 }
