@@ -277,14 +277,8 @@ func isTerminal(r io.Reader) bool {
 // confirm shows a prepared run's plan and asks. A plan that failed is not
 // asked about: Apply then records it as a failed run.
 func (a *app) confirm(p *installer.Pending) (bool, error) {
-	var failed []string
-	var pe *engine.PlanError
-	for _, err := range unwrapAll(p.Err()) {
-		if errors.As(err, &pe) {
-			failed = append(failed, pe.Phase)
-		}
-	}
-	report.WritePlan(a.stdout, p.Plans(), failed...)
+	failed, failedNodes := planFailures(p.Err())
+	report.WritePlan(a.stdout, p.Plans(), failed, failedNodes)
 	if p.Err() != nil {
 		fmt.Fprintln(a.stdout, "Nothing will be applied; the failed plan is recorded in the state repo.")
 		return true, nil

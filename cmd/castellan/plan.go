@@ -37,23 +37,18 @@ to install it, and phases that need the node's facts say so.`,
 			v.Only, v.Nodes = selection(cmd, "only", only), selection(cmd, "nodes", nodes)
 			v.ReEnrol, v.AcceptBootState = reEnrol, acceptBoot
 			plans, err := v.Run(a.ctx)
-			var failed []string
-			var pe *engine.PlanError
-			for _, e := range unwrapAll(err) {
-				if errors.As(e, &pe) {
-					failed = append(failed, pe.Phase)
-				}
-			}
+			failed, failedNodes := planFailures(err)
 			if format == report.JSON {
 				for _, p := range plans {
 					data, _ := json.Marshal(p)
 					fmt.Fprintf(a.stdout, "%s\n", report.EscapeJSON(data))
 				}
 			} else if len(plans) > 0 || len(failed) > 0 {
-				report.WritePlan(a.stdout, plans, failed...)
+				report.WritePlan(a.stdout, plans, failed, failedNodes)
 			}
-			if len(failed) > 0 {
-				// The phases that could not plan were reported as events.
+			if len(failed) > 0 || len(failedNodes) > 0 {
+				// The phases that could not plan, and the nodes that
+				// failed, were reported as events.
 				return errAlreadyReported
 			}
 			return err
@@ -69,4 +64,20 @@ to install it, and phases that need the node's facts say so.`,
 	cmd.Flags().StringArrayVar(&acceptBoot, "accept-boot-state", nil, "plan as apply --accept-boot-state NODE would (repeatable): the node's changed boot state accepted, so the plan shows what the run would then do to it")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
+}
+
+// planFailures lists, from a plan's error, the phases that could not plan
+// and the nodes that failed outside any phase.
+func planFailures(err error) (phases, nodes []string) {
+	var pe *engine.PlanError
+	var nf *engine.NodesFailedError
+	for _, e := range unwrapAll(err) {
+		switch {
+		case errors.As(e, &pe):
+			phases = append(phases, pe.Phase)
+		case errors.As(e, &nf):
+			nodes = append(nodes, nf.Nodes...)
+		}
+	}
+	return phases, nodes
 }

@@ -250,6 +250,11 @@ func (e *Engine) PlanAll(ctx context.Context, s *Session, phases []Phase) ([]Pla
 		}
 		plans = append(plans, plan)
 	}
+	if len(errs) == 0 {
+		if err := nodesFailed(s); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	err := errors.Join(errs...)
 	if err != nil {
 		s.emit(Event{Kind: KindRun, Status: StatusFailed, Message: "planning failed", Elapsed: time.Since(start)})
@@ -400,6 +405,12 @@ func (e *Engine) Apply(ctx context.Context, s *Session, phases []Phase, confirme
 		}
 	}
 	brief := ""
+	if stopAt < 0 {
+		if err := nodesFailed(s); err != nil {
+			res.Outcome, res.Error, failure = OutcomeFailed, err.Error(), err
+			brief = res.Error
+		}
+	}
 	if stopAt >= 0 {
 		for _, rest := range phases[stopAt:] {
 			res.Phases = append(res.Phases, PhaseResult{Name: rest.Name(), Outcome: OutcomeSkipped})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -527,6 +528,29 @@ func TestUnavailableNodeIsNotTriedAgain(t *testing.T) {
 	}
 	if full != 1 {
 		t.Errorf("the error was printed %d times, want once", full)
+	}
+}
+
+// TestNodeFailureOutsidePhasesFailsTheRun: a node that cannot be reached,
+// in a run whose phases plan nothing on nodes (as --only netpol), makes the
+// plan fail and the run failed: it is not "unchanged", and its exit code is
+// not 0.
+func TestNodeFailureOutsidePhasesFailsTheRun(t *testing.T) {
+	op := readOp("a.look")
+	f := newFixture(t, 2, engine.SessionConfig{}, op)
+	f.nodes.SetUnreachable("n1", errors.New("ssh: cannot reach n1 (10.0.0.2:22) after 4 attempt(s): connection refused"))
+	ps := []engine.Phase{observingPhase{&fakePhase{name: "a", observe: []agent.Handler{op}, plan: func(context.Context, *engine.View) (engine.Plan, error) {
+		return engine.Plan{}, nil
+	}}}}
+	e := &engine.Engine{Phases: ps}
+	_, err := e.PlanAll(context.Background(), f.session, ps)
+	var nf *engine.NodesFailedError
+	if !errors.As(err, &nf) || !slices.Equal(nf.Nodes, []string{"n1"}) {
+		t.Fatalf("plan with n1 unreachable: %v", err)
+	}
+	res := e.Apply(context.Background(), f.session, ps, nil)
+	if res.Outcome != engine.OutcomeFailed || !strings.Contains(res.Error, "failed on 1 node(s): n1") || res.NodeErrors["n1"] == "" {
+		t.Errorf("apply with n1 unreachable: %s %q %v", res.Outcome, res.Error, res.NodeErrors)
 	}
 }
 

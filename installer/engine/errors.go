@@ -128,3 +128,30 @@ func (n *nodeOutcomes) snapshot() map[string]Outcome {
 	}
 	return out
 }
+
+// NodesFailedError is returned by PlanAll, and makes Apply's run failed,
+// when nodes failed (could not be reached, or an observation failed) although
+// no phase did: those nodes were neither planned nor changed, so "nothing
+// to do" would be untrue for them. Their errors were reported as they
+// happened.
+type NodesFailedError struct {
+	Nodes []string // sorted
+}
+
+func (e *NodesFailedError) Error() string {
+	return fmt.Sprintf("failed on %d node(s): %s (reported above)", len(e.Nodes), strings.Join(e.Nodes, ", "))
+}
+
+// nodesFailed is a *NodesFailedError for the nodes that failed in s, or nil.
+func nodesFailed(s *Session) error {
+	errs := s.NodeErrors()
+	if len(errs) == 0 {
+		return nil
+	}
+	nodes := make([]string, 0, len(errs))
+	for n := range errs {
+		nodes = append(nodes, n)
+	}
+	sort.Strings(nodes)
+	return &NodesFailedError{Nodes: nodes}
+}

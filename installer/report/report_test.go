@@ -108,8 +108,9 @@ func TestPlanGolden(t *testing.T) {
 		}, Notes: []string{"server-1 runs Debian 12"}},
 		{Phase: "identity", Changes: []engine.Change{{Node: "server-1", Action: "enrol", Summary: "enrol", Detail: "EK sha256:ff\nAK new"}}},
 		{Phase: "mesh"},
-	}, "netpol")
-	WritePlan(&out, nil)
+	}, []string{"netpol"}, nil)
+	WritePlan(&out, nil, nil, nil)
+	WritePlan(&out, []engine.Plan{{Phase: "netpol"}}, nil, []string{"agent-1", "server-1"})
 	golden(t, "plan.txt", out.Bytes())
 }
 

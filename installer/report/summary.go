@@ -10,9 +10,11 @@ import (
 	"castellan/installer/state"
 )
 
-// WritePlan renders plans per phase and node, and the phases that could not
-// plan (failed, by name: their errors were reported as events).
-func WritePlan(w io.Writer, plans []engine.Plan, failed ...string) {
+// WritePlan renders plans per phase and node, the phases that could not
+// plan (failed, by name: their errors were reported as events) and the
+// nodes that failed outside any phase (engine.NodesFailedError), which
+// were not planned.
+func WritePlan(w io.Writer, plans []engine.Plan, failed []string, failedNodes []string) {
 	changes := 0
 	for _, p := range plans {
 		changes += len(p.Changes)
@@ -38,9 +40,15 @@ func WritePlan(w io.Writer, plans []engine.Plan, failed ...string) {
 	for _, f := range failed {
 		fmt.Fprintf(w, "%s: could not plan (see the errors above)\n", Clean(f))
 	}
+	cleaned := make([]string, len(failedNodes))
+	for i, n := range failedNodes {
+		cleaned[i] = Clean(n)
+	}
 	switch {
 	case len(failed) > 0:
 		fmt.Fprintf(w, "%d change(s) planned; %d phase(s) could not plan.\n", changes, len(failed))
+	case len(failedNodes) > 0:
+		fmt.Fprintf(w, "%d change(s) planned; %d node(s) failed and were not planned: %s (see the errors above).\n", changes, len(failedNodes), strings.Join(cleaned, ", "))
 	case changes == 0:
 		fmt.Fprintln(w, "No changes: the nodes match the profile.")
 	default:
