@@ -231,6 +231,27 @@ func uploads(o outcome) map[string]bool {
 	return out
 }
 
+// agentBinary is the node agent castellan (bin) ships for the lab's amd64
+// VMs: the castellan-agent `make build` embedded beside bin
+// (installer/agentbin/dist), or, for a castellan built without it, bin
+// itself.
+func agentBinary(t *testing.T, bin string) string {
+	t.Helper()
+	top := filepath.Dir(filepath.Dir(bin))
+	found, err := filepath.Glob(filepath.Join(top, "installer", "agentbin", "dist", "castellan-agent-linux-amd64-*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch len(found) {
+	case 0:
+		return bin
+	case 1:
+		return found[0]
+	}
+	t.Fatalf("more than one embedded agent beside %s: %v (run make build)", bin, found)
+	return ""
+}
+
 func TestLab(t *testing.T) {
 	l := setup(t)
 	nodes := []string{}
@@ -242,7 +263,7 @@ func TestLab(t *testing.T) {
 	for _, n := range nodes {
 		resetDiskEncryption(t, l, n)
 	}
-	sum := sha256File(t, l.bin)
+	sum := sha256File(t, agentBinary(t, l.bin))
 	agentPath := "/var/lib/castellan/bin/castellan-" + sum[:16]
 	// The PEM private keys each node holds before castellan touches it (its
 	// SSH host keys...): castellan must add none.
@@ -450,7 +471,7 @@ func TestLab(t *testing.T) {
 		writeFile(t, filepath.Join(dir, "profile.yaml"), readFile(t, filepath.Join(os.Getenv("CASTELLAN_LAB_DIR"), "profile.yaml")))
 		// Even with --accept-new-host-keys: a changed key is never accepted.
 		o := l.castellan(t, "apply", "-f", filepath.Join(dir, "profile.yaml"), "--yes", "--accept-new-host-keys", "-o", "json")
-		if o.code != 1 || o.result == nil || !strings.Contains(o.result.Error, "HOST KEY CHANGED for server-1") || !strings.Contains(o.result.Error, "SHA256:") {
+		if o.code != 1 || o.result == nil || !strings.Contains(o.result.NodeErrors[n0.Name], "HOST KEY CHANGED for "+n0.Name) || !strings.Contains(o.result.NodeErrors[n0.Name], "SHA256:") {
 			t.Errorf("apply with a changed host key: exit %d, result %s", o.code, o.brief())
 		}
 		if after := readFile(t, filepath.Join(dir, "known_hosts")); string(after) != strings.Join(forged, "\n")+"\n" {
