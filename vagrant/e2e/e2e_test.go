@@ -443,8 +443,8 @@ func TestLab(t *testing.T) {
 		if o.code != 1 || o.result == nil || o.result.Outcome != engine.OutcomeFailed {
 			t.Fatalf("exit %d result %s", o.code, o.brief())
 		}
-		if !strings.Contains(o.result.Error, "data disk /dev/vdz does not exist") {
-			t.Errorf("error = %q", o.result.Error)
+		if n := l.p.Spec.Nodes[0].Name; !strings.Contains(o.result.NodeErrors[n], "data disk /dev/vdz does not exist") {
+			t.Errorf("%s's error = %q", n, o.result.NodeErrors[n])
 		}
 		for _, n := range nodes {
 			if after := l.on(t, n, "sh", "-c", "ls -la --time-style=+%s /var/lib/castellan/bin; lsblk -no NAME,FSTYPE,MOUNTPOINT /dev/vdb"); after != before[n] {
