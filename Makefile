@@ -12,7 +12,7 @@ BIN         := bin/castellan
 LDFLAGS     := -s -w -X castellan/installer/buildinfo.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
-FUZZTIME    ?= 20000x
+FUZZTIME    ?= 5000x
 BENCH_NODES ?= 50,200,500
 export CASTELLAN_CACHE := $(CACHE)
 
