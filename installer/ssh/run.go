@@ -133,8 +133,13 @@ func (c *Client) notStarted(ctx context.Context, rr runResult, shown string) err
 // sudoDiagnosis tells why `sudo -n` refused, by trying it again with and
 // without a terminal (script(1) from util-linux gives it one): if it works
 // with one, requiretty is the cause. It only runs after sudo refused.
+// script(1) with stdin at EOF now and then never returns (seen about once
+// in 30 runs here; util-linux issues 2562 and 3409 describe such hangs), so
+// each try is bounded by timeout(1) and one that timed out (124) is tried
+// once more.
 const sudoDiagnosis = `if sudo -n -- true </dev/null >/dev/null 2>&1; then echo works; ` +
-	`elif command -v script >/dev/null 2>&1 && script -qec 'sudo -n -- true' /dev/null </dev/null >/dev/null 2>&1; then echo tty; ` +
+	`elif command -v script >/dev/null 2>&1 && { timeout 15 script -qec 'sudo -n -- true' /dev/null </dev/null >/dev/null 2>&1 || ` +
+	`{ [ $? -eq 124 ] && timeout 15 script -qec 'sudo -n -- true' /dev/null </dev/null >/dev/null 2>&1; }; }; then echo tty; ` +
 	`else echo refused; fi`
 
 // sudoRefused classifies a refusal of sudo by the node's state, not by
