@@ -38,7 +38,8 @@ import (
 // diskcrypt_crashpoints; without it the test builds one from the source tree
 // CASTELLAN_BIN lives in (go build, from the module cache: no network).
 // CASTELLAN_E2E_CRASH_STEPS (comma-separated, e.g. "write-secondary,mkfs")
-// limits the crash cases; "none" skips them.
+// chooses the crash cases; "all" runs every one, "none" skips them; unset,
+// defaultCrashSteps.
 
 const dataMount = "/var/lib/castellan/data/vdb"
 
@@ -537,14 +538,26 @@ var e2eCrashes = []e2eCrash{
 	{rotation: true, step: diskcrypt.StepCommitToken}, {rotation: true, step: diskcrypt.StepKillRetired},
 }
 
+// defaultCrashSteps is one crash case per stage of the sequence (nothing
+// written yet; the LUKS2 header being made; the header escrowed and
+// written; the filesystem being made; a rotation's new keyslot), which
+// `make e2e` runs: each case costs 1-2 minutes on the TCG lab, all 21
+// about 30. CASTELLAN_E2E_CRASH_STEPS=all runs every case.
+const defaultCrashSteps = "escrow-recovery,luks-format,written,mkfs,add-keyslot"
+
 // crashSteps runs, on node only, each crash case: the crash binary is
 // killed at the step, then the same binary reruns and must complete, and a
 // third run must be a no-op.
 func crashSteps(t *testing.T, l *lab, node string) {
 	want := map[string]bool{}
-	if s := os.Getenv("CASTELLAN_E2E_CRASH_STEPS"); s == "none" {
+	switch s := os.Getenv("CASTELLAN_E2E_CRASH_STEPS"); s {
+	case "none":
 		t.Skip("CASTELLAN_E2E_CRASH_STEPS=none")
-	} else if s != "" {
+	case "all":
+	case "":
+		s = defaultCrashSteps
+		fallthrough
+	default:
 		for _, x := range strings.Split(s, ",") {
 			want[strings.TrimSpace(x)] = true
 		}
