@@ -165,9 +165,17 @@ func TestBootState(t *testing.T) {
 	if c, ok := v.check(victim, "identity", "plan"); v.code != 4 || !ok || c.Status != engine.CheckDrift || !strings.Contains(c.Message, "PCR 4") {
 		t.Errorf("verify after the extend: exit %d, check %+v", v.code, c)
 	}
-	for _, d := range v.drift() {
-		if !strings.HasPrefix(d, victim+" ") {
-			t.Errorf("drift on another node: %s", d)
+	// The refused node has no certificate in this run, so the mesh leaves
+	// it out of its peers' configuration: that, and nothing else, may show
+	// as drift on the other nodes.
+	for _, c := range v.rep.Checks {
+		if c.Status != engine.CheckDrift || c.Node == victim {
+			continue
+		}
+		if c.Phase != "mesh" {
+			t.Errorf("drift on another node: %s %s %s: %s", c.Node, c.Phase, c.Name, c.Message)
+		} else {
+			t.Logf("%s: mesh without the refused node: %s", c.Node, c.Message)
 		}
 	}
 
