@@ -13,7 +13,7 @@
 # CASTELLAN_E2E_STAGES="uefi bios" (default) chooses the stages;
 # CASTELLAN_E2E_BIOS_NODES (1) the bios stage's node count;
 # CASTELLAN_E2E_KEEP_LAB=1 leaves the last stage's lab up.
-# CASTELLAN_E2E_TIMEOUT (45m) bounds the lab tests of a stage (go test -timeout).
+# CASTELLAN_E2E_TIMEOUT (60m) bounds the lab tests of a stage (go test -timeout).
 # The assertions are Go tests (vagrant/e2e, build tag e2e) run inside the lab's
 # network namespace, driving the real castellan binary (bin/castellan).
 set -euo pipefail
@@ -77,7 +77,7 @@ run_tests() { # FIRMWARE GO-TEST-ARGS...
 	local fw=$1
 	shift
 	"$here/lab.sh" exec env CASTELLAN_BIN="$top/bin/castellan" CASTELLAN_LAB_DIR="$CASTELLAN_LAB_DIR" \
-		CASTELLAN_LAB_FIRMWARE="$fw" CASTELLAN_BOX_FIRMWARE="$fw" "$cache/e2e.test" -test.v -test.count=1 -test.timeout "${CASTELLAN_E2E_TIMEOUT:-45m}" "$@"
+		CASTELLAN_LAB_FIRMWARE="$fw" CASTELLAN_BOX_FIRMWARE="$fw" "$cache/e2e.test" -test.v -test.count=1 -test.timeout "${CASTELLAN_E2E_TIMEOUT:-60m}" "$@"
 }
 
 # A node restarted with an NVRAM that has no Secure Boot keys boots with
