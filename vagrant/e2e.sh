@@ -71,6 +71,8 @@ declare -a times=()
 # The test binary is built outside the namespace (it needs the Go proxy) and
 # run inside it (it talks to the VMs).
 go test -c -tags e2e -o "$cache/e2e.test" "$top/vagrant/e2e"
+# The mesh test captures on the lab's private network from the host side.
+"$here/scripts/ensure-packages.sh" tcpdump
 # The package's unit tests (parsers, testdata/; build tag !e2e) run in
 # `make test`, not in this binary.
 run_tests() { # FIRMWARE GO-TEST-ARGS...
