@@ -260,7 +260,7 @@ func TestMesh(t *testing.T) {
 
 	t.Run("rules that cut the installer off are reverted by themselves", func(t *testing.T) {
 		n := nodes[2]
-		sum := sha256File(t, l.bin)
+		sum := sha256File(t, agentBinary(t, l.bin))
 		agentPath := "/var/lib/castellan/bin/castellan-" + sum[:16]
 		na, _ := l.p.Node(n)
 		req := map[string]any{
