@@ -53,7 +53,7 @@ func isCobraUsage(err error) bool {
 func args(check cobra.PositionalArgs) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, a []string) error {
 		if err := check(cmd, a); err != nil {
-			return usageError{err}
+			return usageError{fmt.Errorf("%w\nusage: %s (%s --help says more)", err, cmd.UseLine(), cmd.CommandPath())}
 		}
 		return nil
 	}

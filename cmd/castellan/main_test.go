@@ -95,7 +95,7 @@ func TestExitCodesAndMessages(t *testing.T) {
 		{name: "netpol alone prints its help", args: []string{"netpol"}, code: 0, stdout: "Available Commands:"},
 		{name: "netpol with only an unknown flag", args: []string{"netpol", "--json"}, code: 2, stderr: "unknown flag: --json"},
 		{name: "history without runs", args: []string{"history", "-f", valid}, code: 2, stderr: "not a castellan state repo (no runs yet?)"},
-		{name: "diff needs a revision", args: []string{"diff", "-f", valid}, code: 2, stderr: "accepts between 1 and 2 arg(s)"},
+		{name: "diff needs a revision", args: []string{"diff", "-f", valid}, code: 2, stderr: "accepts between 1 and 2 arg(s), received 0\nusage: castellan diff REV [REV]"},
 		{name: "rollback needs --to", args: []string{"rollback", "-f", valid, "--yes"}, code: 2, stderr: `required flag(s) "to" not set`},
 		{name: "bare castellan prints help", args: nil, code: 0, stdout: "Start with:  castellan profile init -o cluster.yaml"},
 		{name: "completion", args: []string{"completion", "bash"}, code: 0, stdout: "bash completion"},
