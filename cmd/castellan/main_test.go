@@ -133,6 +133,15 @@ func TestProfileInit(t *testing.T) {
 	if code, _, errOut := runCLI(t, "", "profile", "init", "-o", p); code != 2 || !strings.Contains(errOut, "pass --force") {
 		t.Errorf("second init: %d %s", code, errOut)
 	}
+	for _, c := range []struct{ out, want string }{
+		{filepath.Join(t.TempDir(), "missing", "cluster.yaml"), "does not exist: create it"},
+		{t.TempDir(), "is a directory: name a file"},
+	} {
+		if code, _, errOut := runCLI(t, "", "profile", "init", "-o", c.out); code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("profile init -o %s: exit %d %s", c.out, code, errOut)
+		}
+	}
+
 	_, stdout, _ := runCLI(t, "", "profile", "init")
 	written, _ := os.ReadFile(p)
 	if stdout != string(written) {

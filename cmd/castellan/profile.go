@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -30,11 +31,16 @@ func (a *app) profileCommand() *cobra.Command {
 			if force {
 				flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
 			}
-			f, err := os.OpenFile(out.value, flags, 0o644)
-			if errors.Is(err, os.ErrExist) {
-				return usageError{fmt.Errorf("%s exists; pass --force to overwrite it", out.value)}
+			if st, err := os.Stat(out.value); err == nil && st.IsDir() {
+				return usageError{fmt.Errorf("-o %s is a directory: name a file, such as %s", out.value, filepath.Join(out.value, "cluster.yaml"))}
 			}
-			if err != nil {
+			f, err := os.OpenFile(out.value, flags, 0o644)
+			switch {
+			case errors.Is(err, os.ErrExist):
+				return usageError{fmt.Errorf("%s exists; pass --force to overwrite it", out.value)}
+			case errors.Is(err, os.ErrNotExist):
+				return usageError{fmt.Errorf("-o %s: the directory %s does not exist: create it, or name a file in one that does", out.value, filepath.Dir(out.value))}
+			case err != nil:
 				return err
 			}
 			if _, err := f.Write(data); err != nil {
