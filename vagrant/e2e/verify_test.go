@@ -165,9 +165,9 @@ func TestBootState(t *testing.T) {
 	if c, ok := v.check(victim, "identity", "plan"); v.code != 4 || !ok || c.Status != engine.CheckDrift || !strings.Contains(c.Message, "PCR 4") {
 		t.Errorf("verify after the extend: exit %d, check %+v", v.code, c)
 	}
-	// The refused node has no certificate in this run, so the mesh leaves
-	// it out of its peers' configuration: that, and nothing else, may show
-	// as drift on the other nodes.
+	// The refusal fails the identity phase's plan as a whole, so the mesh
+	// has no trust anchors in this run and plans only in outline: that, and
+	// nothing else, may show as drift on the other nodes.
 	for _, c := range v.rep.Checks {
 		if c.Status != engine.CheckDrift || c.Node == victim {
 			continue
