@@ -136,6 +136,8 @@ func TestProfileInit(t *testing.T) {
 	for _, c := range []struct{ out, want string }{
 		{filepath.Join(t.TempDir(), "missing", "cluster.yaml"), "does not exist: create it"},
 		{t.TempDir(), "is a directory: name a file"},
+		{filepath.Join(t.TempDir(), "missing") + "/", "name a file in a directory that exists"},
+		{filepath.Join(p, "x.yaml"), "name a file in a directory that exists"},
 	} {
 		if code, _, errOut := runCLI(t, "", "profile", "init", "-o", c.out); code != 2 || !strings.Contains(errOut, c.want) {
 			t.Errorf("profile init -o %s: exit %d %s", c.out, code, errOut)

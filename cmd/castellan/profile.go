@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -40,6 +41,8 @@ func (a *app) profileCommand() *cobra.Command {
 				return usageError{fmt.Errorf("%s exists; pass --force to overwrite it", out.value)}
 			case errors.Is(err, os.ErrNotExist):
 				return usageError{fmt.Errorf("-o %s: the directory %s does not exist: create it, or name a file in one that does", out.value, filepath.Dir(out.value))}
+			case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTDIR):
+				return usageError{fmt.Errorf("-o %s: %w: name a file in a directory that exists", out.value, errors.Unwrap(err))}
 			case err != nil:
 				return err
 			}
