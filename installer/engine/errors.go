@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -148,10 +150,5 @@ func nodesFailed(s *Session) error {
 	if len(errs) == 0 {
 		return nil
 	}
-	nodes := make([]string, 0, len(errs))
-	for n := range errs {
-		nodes = append(nodes, n)
-	}
-	sort.Strings(nodes)
-	return &NodesFailedError{Nodes: nodes}
+	return &NodesFailedError{Nodes: slices.Sorted(maps.Keys(errs))}
 }
