@@ -264,7 +264,13 @@ func (g gatherer) ports(want []facts.Port) []facts.Port {
 			inUse[fmt.Sprintf("%s/%d", strings.TrimSuffix(proto, "6"), s.Local.Port())] = s.Inode
 		}
 	}
-	owners := g.socketOwners()
+	held := map[uint64]bool{}
+	for _, p := range want {
+		if inode, used := inUse[fmt.Sprintf("%s/%d", p.Protocol, p.Port)]; used {
+			held[inode] = true
+		}
+	}
+	owners := g.socketOwners(held)
 	out := make([]facts.Port, 0, len(want))
 	for _, p := range want {
 		inode, used := inUse[fmt.Sprintf("%s/%d", p.Protocol, p.Port)]
@@ -277,9 +283,16 @@ func (g gatherer) ports(want []facts.Port) []facts.Port {
 	return out
 }
 
-// socketOwners maps socket inodes to the command names holding them.
-func (g gatherer) socketOwners() map[uint64]string {
+// socketOwners maps the socket inodes in want to the command names of the
+// processes holding them, from the links in /proc/PID/fd (proc(5)). It
+// walks /proc only while an inode in want is still unnamed: nothing when
+// want is empty (no wanted port is in use, the common case), which keeps a
+// node's cost independent of how many processes and open files it has.
+func (g gatherer) socketOwners(want map[uint64]bool) map[uint64]string {
 	out := map[uint64]string{}
+	if len(want) == 0 {
+		return out
+	}
 	procs, err := os.ReadDir(g.path("proc"))
 	if err != nil {
 		return out
@@ -292,15 +305,22 @@ func (g gatherer) socketOwners() map[uint64]string {
 		if err != nil {
 			continue
 		}
-		comm, _ := g.read("proc/" + p.Name() + "/comm")
 		for _, fd := range fds {
 			link, err := os.Readlink(g.path("proc/" + p.Name() + "/fd/" + fd.Name()))
 			if err != nil || !strings.HasPrefix(link, "socket:[") {
 				continue
 			}
-			if inode, err := strconv.ParseUint(strings.Trim(link[7:], "[]"), 10, 64); err == nil {
+			inode, err := strconv.ParseUint(strings.Trim(link[7:], "[]"), 10, 64)
+			if err != nil || !want[inode] {
+				continue
+			}
+			if _, named := out[inode]; !named {
+				comm, _ := g.read("proc/" + p.Name() + "/comm")
 				out[inode] = comm
 			}
+		}
+		if len(out) == len(want) {
+			break
 		}
 	}
 	return out
