@@ -521,6 +521,12 @@ LogLevel INFO
 		if l.cgroupV2 {
 			script = append(script, "mount -t cgroup2 cgroup2 /sys/fs/cgroup")
 		}
+		// The copied mount table holds a mount of every lab namespace
+		// under /run/netns (one per node): a real node has none, and
+		// each would make what reads or copies the node's mount table
+		// (mountinfo, unshare) cost more with every node of the lab.
+		// sshd is in its network namespace already.
+		script = append(script, "{ ! mountpoint -q /run/netns || umount -R -l /run/netns; }")
 		for _, d := range l.private {
 			backing := n.PrivatePath(d)
 			if err := os.MkdirAll(backing, 0o755); err != nil {

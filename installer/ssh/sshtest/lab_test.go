@@ -153,6 +153,20 @@ func TestPrivateDirs(t *testing.T) {
 			for i, n := range labA.Nodes {
 				write(ta, labA, n, fmt.Sprintf("node %d", i))
 			}
+			// A node's mount table is its own: no mount of the lab's
+			// (or any) network namespaces under /run/netns.
+			if host, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(host), " /run/netns/"+labA.Nodes[1].NS+" ") {
+				ta.Fatalf("the host has no mount of %s under /run/netns: the check below would prove nothing", labA.Nodes[1].NS)
+			}
+			c, err := castssh.Connect(context.Background(), labA.Config(), labA.Nodes[0].Host())
+			if err != nil {
+				ta.Fatal(err)
+			}
+			defer c.Close()
+			mi, err := c.Output(context.Background(), castssh.Cmd{Argv: []string{"cat", "/proc/self/mountinfo"}})
+			if err != nil || !strings.Contains(mi, " / / ") || strings.Contains(mi, " /run/netns/") {
+				ta.Fatalf("%s's mount table (%v):\n%s", labA.Nodes[0].Name, err, mi)
+			}
 			for i, n := range labA.Nodes {
 				b, err := os.ReadFile(filepath.Join(n.PrivatePath(dir), "f"))
 				if err != nil || string(b) != fmt.Sprintf("node %d", i) {
