@@ -252,12 +252,8 @@ func (g gatherer) ports(want []facts.Port) []facts.Port {
 	}
 	inUse := map[string]uint64{} // "tcp/6443" -> socket inode
 	for _, proto := range []string{"tcp", "tcp6", "udp", "udp6"} {
-		data, err := os.ReadFile(g.path(g.self + "/net/" + proto))
-		if err != nil {
-			continue
-		}
 		tcp := strings.HasPrefix(proto, "tcp")
-		for _, s := range parseProcNet(data) {
+		for _, s := range g.sockets(proto) {
 			if tcp && s.State != tcpListen {
 				continue
 			}
@@ -281,6 +277,31 @@ func (g gatherer) ports(want []facts.Port) []facts.Port {
 		out = append(out, p)
 	}
 	return out
+}
+
+// sockets lists the sockets of proto ("tcp", "tcp6", "udp", "udp6") in the
+// gathering task's network namespace that ports needs: listening ones for
+// TCP, all for UDP. Live, from sock_diag (which walks only the listening
+// TCP sockets); from /proc/net/PROTO for a fixture tree, or when sock_diag
+// is not available. What cannot be read is no socket.
+func (g gatherer) sockets(proto string) []socket {
+	if g.live {
+		family, protocol, states := uint8(unix.AF_INET), uint8(unix.IPPROTO_TCP), uint32(1<<tcpListen)
+		if strings.HasSuffix(proto, "6") {
+			family = unix.AF_INET6
+		}
+		if strings.HasPrefix(proto, "udp") {
+			protocol, states = unix.IPPROTO_UDP, ^uint32(0)
+		}
+		if socks, err := sockDiag(family, protocol, states); err == nil {
+			return socks
+		}
+	}
+	data, err := os.ReadFile(g.path(g.self + "/net/" + proto))
+	if err != nil {
+		return nil
+	}
+	return parseProcNet(data)
 }
 
 // socketOwners maps the socket inodes in want to the command names of the

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -150,8 +151,9 @@ func TestGatherPortsInNetns(t *testing.T) {
 		{Port: 6443, Protocol: "tcp"}, {Port: 10250, Protocol: "tcp"}, {Port: 9345, Protocol: "tcp"},
 		{Port: 51871, Protocol: "udp"}, {Port: 2379, Protocol: "tcp"}, {Port: 6443, Protocol: "udp"},
 	}
-	var got []facts.Port
-	var setupErr error
+	var got, gotProc []facts.Port
+	var listening []socket
+	var setupErr, diagErr error
 	inThreadNamespaces(t, unix.CLONE_NEWNET, func() {
 		var closers []func() error
 		defer func() {
@@ -191,7 +193,12 @@ func TestGatherPortsInNetns(t *testing.T) {
 			return
 		}
 		closers = append(closers, u.Close)
-		got = gatherer{root: "/", self: "proc/thread-self"}.ports(want)
+		// Both ways the node side reads sockets: sock_diag (live) and
+		// /proc/net (a node without sock_diag), each asked directly too,
+		// so a failing sock_diag cannot hide behind the fallback.
+		got = gatherer{root: "/", self: "proc/thread-self", live: true}.ports(want)
+		gotProc = gatherer{root: "/", self: "proc/thread-self"}.ports(want)
+		listening, diagErr = sockDiag(unix.AF_INET, unix.IPPROTO_TCP, 1<<tcpListen)
 	})
 	if setupErr != nil {
 		t.Fatal(setupErr)
@@ -210,7 +217,13 @@ func TestGatherPortsInNetns(t *testing.T) {
 		{Port: 6443, Protocol: "udp"},
 	}
 	if !reflect.DeepEqual(got, expect) {
-		t.Errorf("ports =\n%+v\nwant\n%+v", got, expect)
+		t.Errorf("ports (sock_diag) =\n%+v\nwant\n%+v", got, expect)
+	}
+	if !reflect.DeepEqual(gotProc, expect) {
+		t.Errorf("ports (/proc/net) =\n%+v\nwant\n%+v", gotProc, expect)
+	}
+	if diagErr != nil || len(listening) != 1 || listening[0].Local != netip.MustParseAddrPort("127.0.0.1:6443") || listening[0].State != tcpListen || listening[0].Inode == 0 {
+		t.Errorf("sock_diag's listening IPv4 TCP sockets: %+v, %v; want 127.0.0.1:6443 alone", listening, diagErr)
 	}
 }
 

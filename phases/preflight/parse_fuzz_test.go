@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"castellan/installer/facts"
 )
 
@@ -368,4 +370,34 @@ func TestParseLUKS2Placement(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzParseInetDiagMsg: an inet_diag_msg built from a socket's fields
+// decodes back to them (IPv4 from the first 4 address bytes, IPv6 from 16;
+// inode 32-bit); any other bytes decode or are refused, never panic.
+func FuzzParseInetDiagMsg(f *testing.F) {
+	f.Add([]byte{127, 0, 0, 1}, uint16(6443), uint8(0x0A), uint32(1), []byte{2, 10})
+	f.Add(bytes.Repeat([]byte{0xfe}, 16), uint16(0), uint8(7), uint32(1<<31), make([]byte, 72))
+	f.Fuzz(func(t *testing.T, ip []byte, port uint16, state uint8, inode uint32, raw []byte) {
+		if s, err := parseInetDiagMsg(raw); err == nil && (len(raw) < inetDiagMsgLen || s.Local.Port() != binary.BigEndian.Uint16(raw[4:6])) {
+			t.Fatalf("%x decoded as %+v", raw, s)
+		}
+		addr, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			return
+		}
+		msg := make([]byte, inetDiagMsgLen+len(raw)) // attributes after it are ignored
+		msg[0], msg[1] = unix.AF_INET, state
+		if addr.Is6() {
+			msg[0] = unix.AF_INET6
+		}
+		binary.BigEndian.PutUint16(msg[4:], port)
+		copy(msg[8:], addr.AsSlice())
+		binary.NativeEndian.PutUint32(msg[68:], inode)
+		copy(msg[inetDiagMsgLen:], raw)
+		want := socket{Local: netip.AddrPortFrom(addr, port), State: state, Inode: uint64(inode)}
+		if got, err := parseInetDiagMsg(msg); err != nil || got != want {
+			t.Fatalf("round trip of %+v = %+v, %v", want, got, err)
+		}
+	})
 }
