@@ -3,23 +3,22 @@ package profile
 import (
 	"fmt"
 	"path"
-	"regexp"
 	"strings"
 )
 
 var (
 	// deviceChars are the characters of a device path; devicePath is a
 	// clean one. What it names is checked below.
-	deviceChars = regexp.MustCompile(`^/dev/[A-Za-z0-9/_.:+-]+$`)
-	devicePath  = regexp.MustCompile(`^/dev/[A-Za-z0-9][A-Za-z0-9/_.:+-]*$`)
+	deviceChars = lazyMustCompile(`^/dev/[A-Za-z0-9/_.:+-]+$`)
+	devicePath  = lazyMustCompile(`^/dev/[A-Za-z0-9][A-Za-z0-9/_.:+-]*$`)
 	// Partition names of the kernel's disk drivers: sda1, vdb2, xvdc3, hda1;
 	// nvme0n1p1, mmcblk0p1, loop0p1, nbd0p1, md0p1.
-	letterPartition = regexp.MustCompile(`^((?:sd|vd|xvd|hd)[a-z]+)([0-9]+)$`)
-	pPartition      = regexp.MustCompile(`^((?:nvme[0-9]+n[0-9]+|mmcblk[0-9]+|loop[0-9]+|nbd[0-9]+|md[0-9]+))p([0-9]+)$`)
+	letterPartition = lazyMustCompile(`^((?:sd|vd|xvd|hd)[a-z]+)([0-9]+)$`)
+	pPartition      = lazyMustCompile(`^((?:nvme[0-9]+n[0-9]+|mmcblk[0-9]+|loop[0-9]+|nbd[0-9]+|md[0-9]+))p([0-9]+)$`)
 	// udev names the links of a partition after its disk's with -partN
 	// (60-persistent-storage.rules); other by-id names, which may end in
 	// digits (wwn-0x5000c500a1b2c3d4), are resolved on the node.
-	linkPartition = regexp.MustCompile(`^(/dev/disk/by-(?:id|path)/.+)-part([0-9]+)$`)
+	linkPartition = lazyMustCompile(`^(/dev/disk/by-(?:id|path)/.+)-part([0-9]+)$`)
 )
 
 // notDisks are device paths that are never a data disk, with what they are.
@@ -49,14 +48,14 @@ var notDiskDirs = map[string]string{
 
 // notDiskNames are kernel device names that are never a data disk.
 var notDiskNames = []struct {
-	re   *regexp.Regexp
+	re   lazyRegexp
 	what string
 }{
-	{regexp.MustCompile(`^(tty|pty|vcs|vcsa|vcsu|hvc|ttyS|ttyUSB|ttyAMA)[0-9a-z]*$`), "a terminal"},
-	{regexp.MustCompile(`^tpm(rm)?[0-9]+$`), "the TPM"},
-	{regexp.MustCompile(`^(rtc|watchdog|hidraw|sg|bsg)[0-9]*$`), "a device of another kind"},
-	{regexp.MustCompile(`^sr[0-9]+$`), "an optical drive"},
-	{regexp.MustCompile(`^(ram|zram)[0-9]+$`), "a RAM disk (its data is lost at reboot)"},
+	{lazyMustCompile(`^(tty|pty|vcs|vcsa|vcsu|hvc|ttyS|ttyUSB|ttyAMA)[0-9a-z]*$`), "a terminal"},
+	{lazyMustCompile(`^tpm(rm)?[0-9]+$`), "the TPM"},
+	{lazyMustCompile(`^(rtc|watchdog|hidraw|sg|bsg)[0-9]*$`), "a device of another kind"},
+	{lazyMustCompile(`^sr[0-9]+$`), "an optical drive"},
+	{lazyMustCompile(`^(ram|zram)[0-9]+$`), "a RAM disk (its data is lost at reboot)"},
 }
 
 // device checks one data disk's device path and returns its textual
@@ -89,7 +88,7 @@ func (v *validator) device(field, dev string) string {
 				return ""
 			}
 		}
-		for _, re := range []*regexp.Regexp{letterPartition, pPartition} {
+		for _, re := range []lazyRegexp{letterPartition, pPartition} {
 			if m := re.FindStringSubmatch(name); m != nil {
 				v.errf(field, "%s is partition %s of %s: name the whole disk, /dev/%s (castellan encrypts whole disks)", clean, m[2], m[1], m[1])
 				return ""

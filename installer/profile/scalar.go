@@ -2,7 +2,6 @@ package profile
 
 import (
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -16,16 +15,16 @@ import (
 // 0777, 1_000, 2001-12-14), castellan refuses the value where a number or a
 // boolean is expected, and says why, rather than guess.
 var (
-	coreNull  = regexp.MustCompile(`^(|~|null|Null|NULL)$`)
-	coreBool  = regexp.MustCompile(`^(true|True|TRUE|false|False|FALSE)$`)
-	coreInt   = regexp.MustCompile(`^([-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$`)
-	coreFloat = regexp.MustCompile(`^([-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN))$`)
-	decimal   = regexp.MustCompile(`^[-+]?[0-9]+$`)
+	coreNull  = lazyMustCompile(`^(|~|null|Null|NULL)$`)
+	coreBool  = lazyMustCompile(`^(true|True|TRUE|false|False|FALSE)$`)
+	coreInt   = lazyMustCompile(`^([-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$`)
+	coreFloat = lazyMustCompile(`^([-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN))$`)
+	decimal   = lazyMustCompile(`^[-+]?[0-9]+$`)
 	// yaml11Bool are the words YAML 1.1 reads as booleans and YAML 1.2 as text.
-	yaml11Bool = regexp.MustCompile(`^(y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$`)
+	yaml11Bool = lazyMustCompile(`^(y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$`)
 	// yaml11Number are forms YAML 1.1 reads as numbers and YAML 1.2 as text:
 	// digit separators, binary, sexagesimal.
-	yaml11Number = regexp.MustCompile(`^[-+]?(0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?|[0-9][0-9_]*_[0-9_]*(\.[0-9_]*)?)$`)
+	yaml11Number = lazyMustCompile(`^[-+]?(0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?|[0-9][0-9_]*_[0-9_]*(\.[0-9_]*)?)$`)
 )
 
 // coreTag is the YAML 1.2 core schema tag of a scalar: !!str for quoted and

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -73,7 +72,7 @@ func posAt(data []byte, off int) Pos {
 }
 
 var (
-	yamlError = regexp.MustCompile(`^yaml: (?:line (\d+): )?(.*)$`)
+	yamlError = lazyMustCompile(`^yaml: (?:line (\d+): )?(.*)$`)
 	// parserProblems are the yaml.v3 parser's (not scanner's) messages:
 	// yaml.v3 reports their line 0-based (parserc.go, decode.go's fail).
 	parserProblems = map[string]bool{
@@ -89,8 +88,8 @@ var (
 		"found incompatible YAML document":       true,
 		"found duplicate %TAG directive":         true,
 	}
-	unknownAnchor = regexp.MustCompile(`^unknown anchor '(.*)' referenced$`)
-	maxDepth      = regexp.MustCompile(`^exceeded max depth of (\d+)$`)
+	unknownAnchor = lazyMustCompile(`^unknown anchor '(.*)' referenced$`)
+	maxDepth      = lazyMustCompile(`^exceeded max depth of (\d+)$`)
 )
 
 // syntaxError turns a yaml.v3 syntax error into a FieldError with a

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -31,18 +30,18 @@ type ValidateOptions struct {
 const FileTimeout = 10 * time.Second
 
 var (
-	dnsLabel    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	hostname    = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
-	posixUser   = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
-	ifaceName   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,14}$`)
-	rke2Version = regexp.MustCompile(`^v1\.[0-9]+\.[0-9]+\+rke2r[0-9]+$`)
-	labelName   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
-	labelValue  = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
+	dnsLabel    = lazyMustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	hostname    = lazyMustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	posixUser   = lazyMustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	ifaceName   = lazyMustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,14}$`)
+	rke2Version = lazyMustCompile(`^v1\.[0-9]+\.[0-9]+\+rke2r[0-9]+$`)
+	labelName   = lazyMustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
+	labelValue  = lazyMustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
 	// zoneName is an IPv6 zone: a network interface name (Linux allows at
 	// most 15 bytes, no '/', ':' or whitespace; netdevice(7)) or an index.
-	zoneName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+	zoneName = lazyMustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
 	// kafkaTopic is Kafka's legal topic name (Topic.validate in Apache Kafka).
-	kafkaTopic = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)
+	kafkaTopic = lazyMustCompile(`^[A-Za-z0-9._-]{1,249}$`)
 )
 
 // validator collects every problem of a profile.
@@ -568,7 +567,7 @@ func (v *validator) state() {
 }
 
 // sshURL matches ssh://[user@]host[:port]/path and scp-like [user@]host:path.
-var sshURL = regexp.MustCompile(`^(ssh://([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(:[0-9]+)?/[^\s]+|([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:/?[^/\s][^\s]*)$`)
+var sshURL = lazyMustCompile(`^(ssh://([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(:[0-9]+)?/[^\s]+|([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:/?[^/\s][^\s]*)$`)
 
 // ParseRecipient parses an age recipient: age1... or an SSH public key.
 func ParseRecipient(s string) (age.Recipient, error) {
