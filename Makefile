@@ -64,7 +64,7 @@ $(STATICCHECK):
 
 .PHONY: bench
 bench: test-deps ## benchmarks: engine, SSH, no-op rerun and verify at 50/200/500 nodes vs the floor and Ansible, attestation per node (prints figures)
-	vagrant/scripts/ensure-packages.sh ansible
+	vagrant/scripts/ensure-packages.sh ansible time linux-perf
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh
 	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_BENCH_NODES=$(BENCH_NODES) go test -run '^$$' -bench Scale -benchtime 3x -timeout 60m ./installer

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -89,11 +91,7 @@ func benchScale(b *testing.B, n int) {
 	var c, v, f, a measure
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		argv := []string{"ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--agent-binary", buildAgent(b)}
-		if p := os.Getenv("CASTELLAN_BENCH_PARALLEL"); p != "" {
-			argv = append(argv, "--parallel", p)
-		}
-		m := run(b, lab, argv...)
+		m := run(b, lab, planArgv(b, lab, bin, prof)...)
 		if !strings.Contains(m.out, "No changes: the nodes match the profile.") {
 			b.Fatalf("castellan's plan is not a no-op:\n%s", m.out)
 		}
@@ -107,7 +105,7 @@ func benchScale(b *testing.B, n int) {
 			b.Fatalf("castellan verify found something:\n%s", m.out)
 		}
 		v = v.add(m)
-		m = run(b, lab, "ip", "netns", "exec", lab.ClientNS, os.Args[0], "-test.run=^$")
+		m = run(b, lab, floorArgv(lab)...)
 		if !strings.Contains(m.out, fmt.Sprintf("floor: %d nodes", n)) {
 			b.Fatalf("the floor did not reach every node:\n%s", m.out)
 		}
@@ -151,22 +149,63 @@ func benchScale(b *testing.B, n int) {
 	} else {
 		table += fmt.Sprintf("castellan/floor %.2fx\n", per(c.wall)/per(f.wall))
 	}
+	table += decomposition(b, n, map[string][]string{"castellan plan": planArgv(b, lab, bin, prof), "x/crypto/ssh floor": floorArgv(lab)})
 	b.Log(table)
+}
+
+// decomposition runs each command once more under perf and tells, per node,
+// which processes the nodes' CPU went to.
+func decomposition(b *testing.B, n int, cmds map[string][]string) string {
+	out := "\nnode CPU per node by process (perf, one extra run each):\n\n| | sshd | login shell, launcher, tools | sudo | agent | other host processes |\n|---|---|---|---|---|---|\n"
+	for _, name := range slices.Sorted(maps.Keys(cmds)) {
+		by, err := sshtest.NodeCPUByProcess(b.TempDir(), cmds[name]...)
+		if err != nil {
+			return fmt.Sprintf("\nno breakdown by process: %v\n", err)
+		}
+		ms := func(class string) float64 { return float64(by[class].Microseconds()) / 1000 / float64(n) }
+		out += fmt.Sprintf("| %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.1f ms |\n", name, ms("sshd"), ms("shell"), ms("sudo"), ms("agent"), ms("other"))
+	}
+	return out
+}
+
+// planArgv is castellan's no-op plan of every phase, from the client
+// namespace.
+func planArgv(b *testing.B, lab *sshtest.Lab, bin, prof string) []string {
+	argv := []string{"ip", "netns", "exec", lab.ClientNS, bin, "plan", "-f", prof, "--agent-binary", buildAgent(b)}
+	if p := os.Getenv("CASTELLAN_BENCH_PARALLEL"); p != "" {
+		argv = append(argv, "--parallel", p)
+	}
+	return argv
+}
+
+// floorArgv is the floor process: this test binary, which TestMain turns
+// into runFloor.
+func floorArgv(lab *sshtest.Lab) []string {
+	return []string{"ip", "netns", "exec", lab.ClientNS, os.Args[0], "-test.run=^$"}
 }
 
 func (m measure) add(o measure) measure {
 	return measure{wall: m.wall + o.wall, cpu: m.cpu + o.cpu, nodeCPU: m.nodeCPU + o.nodeCPU, rss: max(m.rss, o.rss), out: o.out}
 }
 
-// run runs a command and measures its wall time, its CPU and peak RSS
-// (getrusage of the child) and the CPU the lab's nodes used meanwhile.
+// run runs a command and measures its wall time, its CPU (getrusage of
+// the child and what it waited for), its peak RSS and the CPU the lab's
+// nodes used meanwhile.
+//
+// Peak RSS is GNU time's %M (time(1)), not the child's ru_maxrss: a child
+// forked from this process (vfork, then exec) has this process's RSS
+// recorded as its own high-water mark at exec (the kernel keeps the larger
+// of the old and new image's), so every figure read 165 MB whatever ran.
+// time(1) forks from its own small image, so its child's ru_maxrss is the
+// command's.
 func run(b *testing.B, lab *sshtest.Lab, argv ...string) measure {
 	b.Helper()
 	before, err := lab.NodeCPU()
 	if err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	rssFile := filepath.Join(b.TempDir(), "rss")
+	cmd := exec.Command(gnuTime(b), append([]string{"-f", "%M", "-o", rssFile, "--"}, argv...)...)
 	cmd.Env = os.Environ()
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
@@ -180,10 +219,28 @@ func run(b *testing.B, lab *sshtest.Lab, argv ...string) measure {
 	}
 	m := measure{wall: wall, nodeCPU: after - before, out: string(out)}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		m.rss = ru.Maxrss * 1024
 		m.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
+	data, err := os.ReadFile(rssFile)
+	if err != nil {
+		b.Fatalf("time(1) wrote no peak RSS for %v: %v\n%s", argv, err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	kb, err := strconv.ParseInt(lines[len(lines)-1], 10, 64)
+	if err != nil {
+		b.Fatalf("time(1)'s peak RSS for %v: %q", argv, data)
+	}
+	m.rss = kb << 10
 	return m
+}
+
+// gnuTime is GNU time (Debian's package time), which make bench installs.
+func gnuTime(b *testing.B) string {
+	const p = "/usr/bin/time"
+	if _, err := os.Stat(p); err != nil {
+		testenv.Missing(b, "GNU time (/usr/bin/time, Debian package time) is not installed; make bench installs it")
+	}
+	return p
 }
 
 // floorSpecEnv makes the test binary the floor process: it reads the JSON

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -34,12 +35,17 @@ import (
 // Everything else preflight checks is the test machine's own. That systemd
 // really runs is proven on the VM lab (make e2e).
 
+// builtBin says castellanBin ran: TestMain removes what it built, and
+// builds nothing when no test asked (go test -list, a run of unit tests).
+var builtBin atomic.Bool
+
 // castellanBin is the real castellan binary and the node agent it ships
 // (cmd/castellan-agent), built once for these tests, as make build builds
 // them: the agent first, embedded into castellan. Tests that ship castellan
 // itself as the agent (the fallback of a castellan built without the
 // embedded agent) say so.
 var castellanBin = sync.OnceValues(func() (string, error) {
+	builtBin.Store(true)
 	dir, err := os.MkdirTemp("", "castellan-bin-")
 	if err != nil {
 		return "", err
@@ -62,8 +68,10 @@ func TestMain(m *testing.M) {
 		os.Exit(runFloor(spec))
 	}
 	code := m.Run()
-	if bin, err := castellanBin(); err == nil {
-		os.RemoveAll(filepath.Dir(bin))
+	if builtBin.Load() {
+		if bin, err := castellanBin(); err == nil {
+			os.RemoveAll(filepath.Dir(bin))
+		}
 	}
 	os.Exit(code)
 }
