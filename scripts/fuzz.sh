@@ -18,7 +18,15 @@ slow_budget=${FUZZTIME_SLOW:-500x}
 slow=" FuzzCommandLine FuzzEnsureLine "
 failed=0
 while read -r pkg; do
-	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
+	# A package whose tests do not build has no targets to list: that is a
+	# failure, not "no fuzz targets".
+	if ! listed=$(go test -list '^Fuzz' "$pkg" 2>&1); then
+		printf '%s\n' "$listed"
+		echo "FAIL ${pkg}: go test -list failed"
+		failed=1
+		continue
+	fi
+	for target in $(grep '^Fuzz' <<<"$listed" || true); do
 		start=$SECONDS
 		n=$budget
 		[[ $slow == *" $target "* ]] && n=$slow_budget

@@ -59,6 +59,20 @@ func args(check cobra.PositionalArgs) cobra.PositionalArgs {
 	}
 }
 
+// noArgs refuses arguments to a command that takes none: for a command
+// with subcommands, as an unknown subcommand (cobra's message); for one
+// without, as an argument it does not take (cobra would call it an
+// "unknown command" too).
+func noArgs(cmd *cobra.Command, a []string) error {
+	if len(a) == 0 {
+		return nil
+	}
+	if cmd.HasSubCommands() {
+		return cobra.NoArgs(cmd, a)
+	}
+	return fmt.Errorf("%s takes no arguments, got %q", cmd.CommandPath(), a[0])
+}
+
 // onceString is a string flag that may be given once: a repeated flag (-f A
 // -f B) is an error instead of silently keeping the last.
 type onceString struct {

@@ -21,7 +21,7 @@ profile changes nothing. Every run, failed ones too, is one commit in the
 state repo. Without --yes, apply shows the plan and asks first (in a
 terminal); nothing is written anywhere before you answer yes.
 Ctrl-C stops between steps; a second Ctrl-C aborts the running ones.`,
-		Args: args(cobra.NoArgs),
+		Args: args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {

@@ -15,7 +15,7 @@ func (a *app) historyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "history (-f PROFILE | --state DIR)",
 		Short: "List the runs recorded in the state repo, newest first",
-		Args:  args(cobra.NoArgs),
+		Args:  args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {

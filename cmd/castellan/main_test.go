@@ -87,6 +87,7 @@ func TestExitCodesAndMessages(t *testing.T) {
 		{name: "--state missing", args: []string{"diff", "1", "--state", "/nonexistent/state"}, code: 2, stderr: "--state /nonexistent/state"},
 		{name: "--identity is a directory", args: []string{"apply", "-f", valid, "--yes", "--identity", filepath.Dir(valid)}, code: 2, stderr: "is not a regular file"},
 		{name: "unknown command", args: []string{"deploy"}, code: 2, stderr: `unknown command "deploy"`},
+		{name: "an argument to a command that takes none", args: []string{"history", "extra"}, code: 2, stderr: `castellan history takes no arguments, got "extra"`},
 		{name: "misspelt command is suggested", args: []string{"aply", "-f", valid}, code: 2, stderr: `unknown command "aply" for "castellan"; did you mean apply?`},
 		{name: "unknown netpol command", args: []string{"netpol", "rendr"}, code: 2, stderr: `unknown command "rendr" for "castellan netpol"; did you mean render?`},
 		{name: "unknown netpol command with its flags", args: []string{"netpol", "rendr", "-f", valid}, code: 2, stderr: `unknown command "rendr" for "castellan netpol"; did you mean render?`},

@@ -24,7 +24,7 @@ func (a *app) netpolCommand() *cobra.Command {
 spec.netpol.workloadFiles); castellan compiles each to a NetworkPolicy behind a
 default-deny policy in every namespace that holds a workload or is listed in
 spec.netpol.namespaces.`,
-		Args: args(cobra.NoArgs),
+		Args: args(noArgs),
 	}
 	cmd.AddCommand(a.netpolExplainCommand(), a.netpolRenderCommand(), a.netpolPlanCommand())
 	return cmd
@@ -96,7 +96,7 @@ func (a *app) netpolRenderCommand() *cobra.Command {
 		Long: `render prints every NetworkPolicy castellan would apply, as YAML documents
 separated by ---, which kubectl apply -f - takes as they are. It reads the
 profile alone.`,
-		Args: args(cobra.NoArgs),
+		Args: args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, c, err := loadNetpol(a.ctx, file)
 			if err != nil {
@@ -119,7 +119,7 @@ func (a *app) netpolPlanCommand() *cobra.Command {
 (kubeconfig, context) and prints a diff per object that would be created,
 updated or deleted (policies castellan made that the profile no longer
 declares). It writes nothing; castellan apply applies them.`,
-		Args: args(cobra.NoArgs),
+		Args: args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, c, err := loadNetpol(a.ctx, file)
 			if err != nil {

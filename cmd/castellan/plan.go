@@ -21,7 +21,7 @@ func (a *app) planCommand() *cobra.Command {
 changes nothing anywhere: not the nodes, not the state repo, not known_hosts.
 On nodes the castellan agent has not reached yet, the preflight phase plans
 to install it, and phases that need the node's facts say so.`,
-		Args: args(cobra.NoArgs),
+		Args: args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {

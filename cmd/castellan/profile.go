@@ -21,7 +21,7 @@ func (a *app) profileCommand() *cobra.Command {
 	initCmd := &cobra.Command{
 		Use:   "init [-o FILE]",
 		Short: "Write a commented starter profile",
-		Args:  args(cobra.NoArgs),
+		Args:  args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			data := assets.StarterProfile()
 			if out.value == "" || out.value == "-" {

@@ -18,7 +18,7 @@ func (a *app) rollbackCommand() *cobra.Command {
 		Long: `rollback takes the profile recorded by run REV and applies it as a new run,
 committed as a rollback; history is never rewritten. Key files and other
 relative paths resolve against the directory of -f PROFILE.`,
-		Args: args(cobra.NoArgs),
+		Args: args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {

@@ -13,7 +13,7 @@ func (a *app) validateCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate -f PROFILE",
 		Short: "Check a profile without connecting to anything",
-		Args:  args(cobra.NoArgs),
+		Args:  args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := a.config(nil)
 			if err != nil {

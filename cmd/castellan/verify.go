@@ -33,7 +33,7 @@ node, like a no-op plan: cheap enough for a timer every few minutes.
 
 Exit codes: 0 everything matches; 4 drift; 1 something could not be checked
 (an unreachable node, ...), which wins over drift; 2 bad input.`,
-		Args: args(cobra.NoArgs),
+		Args: args(noArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := a.format()
 			if err != nil {

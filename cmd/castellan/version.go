@@ -12,7 +12,7 @@ func (a *app) versionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print castellan's version",
-		Args:  args(cobra.NoArgs),
+		Args:  args(noArgs),
 		Run: func(cmd *cobra.Command, _ []string) {
 			fmt.Fprintf(a.stdout, "castellan %s\n", buildinfo.Version())
 		},
