@@ -385,6 +385,16 @@ func (e *Engine) Apply(ctx context.Context, s *Session, phases []Phase, confirme
 			break
 		}
 		e.observe(ctx, s, phases[i:])
+		if i == 0 {
+			// A node that could not be reached or observed before any
+			// phase stops the run here, nothing applied: what a plan
+			// confirmed at the prompt does too (PlanAll fails with the
+			// same error), even when no phase would touch that node.
+			if err := nodesFailed(s); err != nil {
+				stopAt, failure = 0, err
+				break
+			}
+		}
 		var expect *Plan
 		if confirmed != nil && res.Outcome == OutcomeUnchanged {
 			expect = &Plan{Phase: p.Name()}

@@ -533,14 +533,18 @@ func TestUnavailableNodeIsNotTriedAgain(t *testing.T) {
 
 // TestNodeFailureOutsidePhasesFailsTheRun: a node that cannot be reached,
 // in a run whose phases plan nothing on nodes (as --only netpol), makes the
-// plan fail and the run failed: it is not "unchanged", and its exit code is
-// not 0.
+// plan fail and the run failed: it is not "unchanged", its exit code is
+// not 0, and nothing is applied, with or without a confirmed plan.
 func TestNodeFailureOutsidePhasesFailsTheRun(t *testing.T) {
 	op := readOp("a.look")
 	f := newFixture(t, 2, engine.SessionConfig{}, op)
 	f.nodes.SetUnreachable("n1", errors.New("ssh: cannot reach n1 (10.0.0.2:22) after 4 attempt(s): connection refused"))
+	applied := false
 	ps := []engine.Phase{observingPhase{&fakePhase{name: "a", observe: []agent.Handler{op}, plan: func(context.Context, *engine.View) (engine.Plan, error) {
-		return engine.Plan{}, nil
+		return engine.Plan{Changes: []engine.Change{{Action: "apply-to-cluster", Summary: "a change on no node"}}}, nil
+	}, apply: func(context.Context, *engine.Run, engine.Plan) error {
+		applied = true
+		return nil
 	}}}}
 	e := &engine.Engine{Phases: ps}
 	_, err := e.PlanAll(context.Background(), f.session, ps)
@@ -551,6 +555,10 @@ func TestNodeFailureOutsidePhasesFailsTheRun(t *testing.T) {
 	res := e.Apply(context.Background(), f.session, ps, nil)
 	if res.Outcome != engine.OutcomeFailed || !strings.Contains(res.Error, "failed on 1 node(s): n1") || res.NodeErrors["n1"] == "" {
 		t.Errorf("apply with n1 unreachable: %s %q %v", res.Outcome, res.Error, res.NodeErrors)
+	}
+	// Without a confirmed plan (--yes), as with one: nothing is applied.
+	if applied || len(res.Phases) != 1 || res.Phases[0].Outcome != engine.OutcomeSkipped {
+		t.Errorf("apply with n1 unreachable applied %v, phases %+v; want nothing applied, a skipped", applied, res.Phases)
 	}
 }
 
