@@ -274,9 +274,12 @@ func TestPushHonoursContext(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), rm.URL) {
 		t.Fatalf("push to a wedged remote: %v, want the deadline with the remote's URL", err)
 	}
-	if elapsed > 10*time.Second {
-		t.Fatalf("push returned %s after its deadline", elapsed-2*time.Second)
+	// A hang detector, not a speed target: a Push that ignored its context
+	// would wait on the wedged remote until the test binary's timeout.
+	if elapsed > time.Minute {
+		t.Fatalf("push returned %s after its deadline: it waited on the wedged remote instead of its context", elapsed-2*time.Second)
 	}
+	t.Logf("push returned %s after its deadline", (elapsed - 2*time.Second).Round(time.Millisecond))
 	if refs := l.refs(t, bare); refs != "" {
 		t.Fatalf("the remote got refs:\n%s", refs)
 	}
