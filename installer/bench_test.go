@@ -150,7 +150,9 @@ func benchScale(b *testing.B, n int) {
 		table += fmt.Sprintf("castellan/floor %.2fx\n", per(c.wall)/per(f.wall))
 	}
 	table += decomposition(b, n, map[string][]string{"castellan plan": planArgv(b, lab, bin, prof), "x/crypto/ssh floor": floorArgv(lab)})
-	b.Log(table)
+	// Printed, not logged: the testing package keeps only the first lines
+	// of a benchmark's log.
+	fmt.Printf("\n%s (b.N=%d, figures per run):\n%s\n", b.Name(), b.N, table)
 }
 
 // decomposition runs each command once more under perf and tells, per node,

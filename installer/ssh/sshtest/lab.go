@@ -525,8 +525,11 @@ LogLevel INFO
 		// under /run/netns (one per node): a real node has none, and
 		// each would make what reads or copies the node's mount table
 		// (mountinfo, unshare) cost more with every node of the lab.
-		// sshd is in its network namespace already.
-		script = append(script, "{ ! mountpoint -q /run/netns || umount -R -l /run/netns; }")
+		// sshd is in its network namespace already. A lazy unmount of
+		// /run/netns detaches everything under it in one call; umount -R
+		// would list the mounts first and fail on one that another lab's
+		// teardown removed meanwhile.
+		script = append(script, "{ ! mountpoint -q /run/netns || umount -l /run/netns; }")
 		for _, d := range l.private {
 			backing := n.PrivatePath(d)
 			if err := os.MkdirAll(backing, 0o755); err != nil {
