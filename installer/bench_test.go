@@ -149,7 +149,7 @@ func benchScale(b *testing.B, n int) {
 	} else {
 		table += fmt.Sprintf("castellan/floor %.2fx\n", per(c.wall)/per(f.wall))
 	}
-	table += decomposition(b, n, map[string][]string{"castellan plan": planArgv(b, lab, bin, prof), "x/crypto/ssh floor": floorArgv(lab)})
+	table += decomposition(b, lab, n, map[string][]string{"castellan plan": planArgv(b, lab, bin, prof), "x/crypto/ssh floor": floorArgv(lab)})
 	// Printed, not logged: the testing package keeps only the first lines
 	// of a benchmark's log.
 	fmt.Printf("\n%s (b.N=%d, figures per run):\n%s\n", b.Name(), b.N, table)
@@ -157,10 +157,10 @@ func benchScale(b *testing.B, n int) {
 
 // decomposition runs each command once more under perf and tells, per node,
 // which processes the nodes' CPU went to.
-func decomposition(b *testing.B, n int, cmds map[string][]string) string {
-	out := "\nnode CPU per node by process (perf, one extra run each):\n\n| | sshd | login shell, launcher, tools | sudo | agent | other host processes |\n|---|---|---|---|---|---|\n"
+func decomposition(b *testing.B, lab *sshtest.Lab, n int, cmds map[string][]string) string {
+	out := "\nnode CPU per node by process (perf, one extra run each):\n\n| | sshd | login shell, launcher, tools | sudo | agent | other |\n|---|---|---|---|---|---|\n"
 	for _, name := range slices.Sorted(maps.Keys(cmds)) {
-		by, err := sshtest.NodeCPUByProcess(b.TempDir(), cmds[name]...)
+		by, err := lab.NodeCPUByProcess(b.TempDir(), cmds[name]...)
 		if err != nil {
 			return fmt.Sprintf("\nno breakdown by process: %v\n", err)
 		}

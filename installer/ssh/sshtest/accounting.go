@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,11 @@ import (
 type cpuAccount struct {
 	dir string
 	v2  bool
+	// perfDir is the same processes' cgroup in the hierarchy perf_event
+	// uses, and perfName its path from that hierarchy's root (what `perf
+	// record -G` takes): dir itself when that hierarchy is dir's; "" when
+	// no hierarchy has perf_event.
+	perfDir, perfName string
 }
 
 // cgroupRoots are where a cpuacct (v1) or cpu (v2) hierarchy may be mounted.
@@ -45,7 +51,21 @@ func newCPUAccount(id string) (*cpuAccount, error) {
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("creating the CPU accounting cgroup: %w", err)
 		}
-		return &cpuAccount{dir: dir, v2: r.v2}, nil
+		a := &cpuAccount{dir: dir, v2: r.v2}
+		if root := perfEventRoot(); root != "" {
+			if root != r.path {
+				sweepCgroups(root)
+			}
+			a.perfDir = filepath.Join(root, "castellan-sshtest-"+id)
+			if root == r.path {
+				a.perfDir = dir
+			} else if err := os.Mkdir(a.perfDir, 0o755); err != nil {
+				a.remove()
+				return nil, fmt.Errorf("creating the perf_event cgroup: %w", err)
+			}
+			a.perfName = "castellan-sshtest-" + id
+		}
+		return a, nil
 	}
 	return nil, errors.New("no cgroup hierarchy with CPU accounting (cpuacct or cpu) is mounted under /sys/fs/cgroup")
 }
@@ -59,9 +79,40 @@ func sweepCgroups(root string) {
 	}
 }
 
+// perfEventRoot is where the hierarchy that holds the perf_event
+// controller is mounted, found as perf itself finds it
+// (tools/lib/api/fs/cgroup.c): a cgroup v1 mount with the perf_event
+// option, or else the cgroup2 mount (perf_event is implicitly enabled
+// there). "" when neither is mounted.
+func perfEventRoot() string {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return ""
+	}
+	v2 := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line) // device mountpoint type options dump pass (fstab(5))
+		if len(f) < 4 {
+			continue
+		}
+		switch {
+		case f[2] == "cgroup" && slices.Contains(strings.Split(f[3], ","), "perf_event"):
+			return f[1]
+		case f[2] == "cgroup2" && v2 == "":
+			v2 = f[1]
+		}
+	}
+	return v2
+}
+
 func (a *cpuAccount) add(pid int) error {
-	if err := os.WriteFile(filepath.Join(a.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
-		return fmt.Errorf("moving sshd %d into %s: %w", pid, a.dir, err)
+	for _, dir := range []string{a.dir, a.perfDir} {
+		if dir == "" || (dir == a.perfDir && a.perfDir == a.dir) {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			return fmt.Errorf("moving sshd %d into %s: %w", pid, dir, err)
+		}
 	}
 	return nil
 }
@@ -90,13 +141,18 @@ func (a *cpuAccount) usage() (time.Duration, error) {
 	return 0, fmt.Errorf("%s/cpu.stat has no usage_usec", a.dir)
 }
 
-// remove deletes the cgroup once its processes are gone.
+// remove deletes the cgroups once their processes are gone.
 func (a *cpuAccount) remove() {
-	for range 50 {
-		if err := os.Remove(a.dir); err == nil || errors.Is(err, os.ErrNotExist) {
-			return
+	for _, dir := range []string{a.dir, a.perfDir} {
+		if dir == "" {
+			continue
 		}
-		time.Sleep(20 * time.Millisecond)
+		for range 50 {
+			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 
@@ -107,4 +163,19 @@ func (l *Lab) NodeCPU() (time.Duration, error) {
 		return 0, errors.New("sshtest: the lab was made without Options.CPUAccounting")
 	}
 	return l.cpu.usage()
+}
+
+// NodeCPUByProcess runs argv once under perf and returns the CPU time the
+// lab's nodes used meanwhile (the processes in the lab's cgroup, not the
+// rest of the host) by ProcessClass; see the package's NodeCPUByProcess.
+// Errors: the lab was made without Options.CPUAccounting, no cgroup
+// hierarchy has perf_event, and those of NodeCPUByProcess.
+func (l *Lab) NodeCPUByProcess(dir string, argv ...string) (map[string]time.Duration, error) {
+	if l.cpu == nil {
+		return nil, errors.New("sshtest: the lab was made without Options.CPUAccounting")
+	}
+	if l.cpu.perfName == "" {
+		return nil, errors.New("sshtest: no cgroup hierarchy with perf_event is mounted (cgroup2, or v1 with -o perf_event), so perf cannot tell the nodes from the host")
+	}
+	return NodeCPUByProcess(dir, l.cpu.perfName, argv...)
 }

@@ -373,3 +373,40 @@ func TestNodeCPU(t *testing.T) {
 		t.Errorf("node CPU grew by %v for a busy loop", after-before)
 	}
 }
+
+// TestNodeCPUByProcessCountsOnlyTheNodes: the breakdown by process is of
+// the lab's nodes alone, not of everything the host runs meanwhile (other
+// tests, another engineer's build): a busy host process named sudo while a
+// node runs a busy shell over SSH (no sudo there) shows as node shell time
+// and no sudo time at all.
+func TestNodeCPUByProcessCountsOnlyTheNodes(t *testing.T) {
+	if _, err := exec.LookPath("perf"); err != nil {
+		testenv.Missing(t, "perf (Debian package linux-perf) is not installed; make bench installs it")
+	}
+	lab := sshtest.New(t, sshtest.Options{Nodes: 1, CPUAccounting: true})
+	dir := t.TempDir()
+	dash, err := exec.LookPath("dash")
+	if err != nil {
+		testenv.Missing(t, "dash is not installed")
+	}
+	data, err := os.ReadFile(dash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostSudo := filepath.Join(dir, "sudo") // comm "sudo", on the host
+	if err := os.WriteFile(hostSudo, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := lab.Nodes[0]
+	busy := "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"
+	ssh := fmt.Sprintf("ip netns exec %s ssh -F /dev/null -i %s -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=%s -p %d %s@%s '%s'",
+		lab.ClientNS, lab.KeyFile, lab.WriteKnownHosts(sshtest.KnownHostsOptions{}), n.Port, lab.User, n.Address, busy)
+	by, err := lab.NodeCPUByProcess(dir, "sh", "-c", hostSudo+" -c '"+busy+"' & "+ssh+"; wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("node CPU by process: %v", by)
+	if by["sudo"] != 0 || by["shell"] < 50*time.Millisecond || by["sshd"] == 0 {
+		t.Errorf("node CPU by process %v: want the node's busy shell and sshd, and none of the host's busy \"sudo\"", by)
+	}
+}

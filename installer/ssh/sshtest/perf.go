@@ -14,8 +14,7 @@ import (
 // lab node runs for an exec: "sshd"; "sudo"; "agent" (castellan's agent,
 // castellan-HASH); "shell" (login shells, the launcher's shell and the
 // tools it runs); "" for the client side (castellan itself, ip, time,
-// perf, a test binary); "other" for the rest (the host's kernel threads and
-// daemons).
+// perf, a test binary); "other" for the rest.
 func ProcessClass(comm string) string {
 	switch {
 	case comm == "sshd" || strings.HasPrefix(comm, "sshd-"):
@@ -35,18 +34,20 @@ func ProcessClass(comm string) string {
 	return "other"
 }
 
-// NodeCPUByProcess runs argv once under `perf record -a` (the cpu-clock
-// event on every CPU, 1000 samples per second each; perf-record(1)) with its
-// data file in dir, and returns the sampled CPU time by ProcessClass
-// (perf-report(1) sorted by comm). Each figure is good to a few percent.
+// NodeCPUByProcess runs argv once under `perf record -a -G cgroup` (the
+// cpu-clock event on every CPU, 1000 samples per second each, counted only
+// for the processes in cgroup, a path from the root of the hierarchy that
+// holds perf_event; perf-record(1)) with its data file in dir, and returns
+// the sampled CPU time by ProcessClass (perf-report(1) sorted by comm).
+// Each figure is good to a few percent.
 // Errors: perf missing or refused (perf_event_paranoid, no permission),
 // argv failing, or a report with no process of the nodes in it.
-func NodeCPUByProcess(dir string, argv ...string) (map[string]time.Duration, error) {
+func NodeCPUByProcess(dir, cgroup string, argv ...string) (map[string]time.Duration, error) {
 	if _, err := exec.LookPath("perf"); err != nil {
 		return nil, errors.New("perf is not installed (Debian package linux-perf; make bench installs it)")
 	}
 	data := filepath.Join(dir, "perf.data")
-	rec := exec.Command("perf", append([]string{"record", "-a", "-F", "1000", "-e", "cpu-clock", "-o", data, "--"}, argv...)...)
+	rec := exec.Command("perf", append([]string{"record", "-a", "-F", "1000", "-e", "cpu-clock", "-G", cgroup, "-o", data, "--"}, argv...)...)
 	if out, err := rec.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("perf record %v: %v\n%s", argv, err, out)
 	}
