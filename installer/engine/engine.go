@@ -363,8 +363,10 @@ func list(nodes []string) string {
 
 // Apply runs the phases in order: each is planned just before it is applied
 // (earlier phases change what later ones observe) and applied only when its
-// plan is not empty. It stops at the first failed phase. The session's
-// Interrupt stops the run between steps; cancelling ctx aborts it.
+// plan is not empty. It stops at the first failed phase, and before the
+// first phase when a node could not be reached or observed (nothing is
+// applied then, with or without confirmed plans: a NodesFailedError). The
+// session's Interrupt stops the run between steps; cancelling ctx aborts it.
 //
 // confirmed are the plans a person approved (nil when nobody was asked). As
 // long as no phase of this run has changed anything, a phase's fresh plan
