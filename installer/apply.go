@@ -359,13 +359,16 @@ func (t *target) identityInput(flag string, in engine.Input[[]string], nodes []s
 	if !slices.Contains(engine.PhaseNames(t.phases), nodeid.Phase) {
 		return inputErr(fmt.Errorf("%s needs the %s phase, which --only leaves out", flag, nodeid.Phase))
 	}
+	var errs []error // every node named wrongly, not only the first
 	for _, n := range nodes {
 		if _, ok := t.profile.Node(n); !ok {
-			return inputErr(fmt.Errorf("%s %s: no such node in the profile", flag, n))
+			errs = append(errs, fmt.Errorf("%s %s: no such node in the profile", flag, n))
+		} else if !slices.ContainsFunc(t.nodes, func(pn profile.Node) bool { return pn.Name == n }) {
+			errs = append(errs, fmt.Errorf("%s %s: the node is not among the nodes this run targets (--nodes)", flag, n))
 		}
-		if !slices.ContainsFunc(t.nodes, func(pn profile.Node) bool { return pn.Name == n }) {
-			return inputErr(fmt.Errorf("%s %s: the node is not among the nodes this run targets (--nodes)", flag, n))
-		}
+	}
+	if len(errs) > 0 {
+		return inputErr(errors.Join(errs...))
 	}
 	engine.SetInput(&t.inputs, in, slices.Clone(nodes))
 	return nil

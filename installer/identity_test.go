@@ -100,6 +100,8 @@ func TestIdentityOverRealSSH(t *testing.T) {
 		{nil, nil, []string{"n9"}, "no such node"},
 		{[]string{"n0"}, nil, []string{"n1"}, "not among the nodes this run targets"},
 		{nil, []string{"preflight"}, []string{"n1"}, "needs the identity phase"},
+		// Every wrong node at once, not one per attempt.
+		{[]string{"n0"}, nil, []string{"n9", "n1"}, "n9: no such node in the profile\n--"},
 	} {
 		a := NewApply(testConfig(t, lab, nil))
 		a.ProfilePath, a.Nodes, a.Only, a.ReEnrol = prof, c.nodes, c.only, c.reEnrol
