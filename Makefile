@@ -21,7 +21,7 @@ export CASTELLAN_CACHE := $(CACHE)
 # unchanged (installer/ssh fails without them when real peers are required).
 TEST_PACKAGES := openssh-server openssh-client sudo iproute2 git util-linux mount \
 	e2fsprogs dosfstools xfsprogs btrfs-progs parted cryptsetup-bin lvm2 bcache-tools \
-	swtpm swtpm-tools tpm2-tools nftables zsh mksh ksh fish tcsh tmux fonts-dejavu-core \
+	swtpm swtpm-tools tpm2-tools nftables zsh mksh ksh fish tcsh tmux fonts-dejavu-core linux-perf \
 	systemd libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0 libtss2-tcti-swtpm0
 
 AGENT_ARCHS ?= $(shell go env GOARCH)
@@ -64,7 +64,7 @@ $(STATICCHECK):
 
 .PHONY: bench
 bench: test-deps ## benchmarks: engine, SSH, no-op rerun and verify at 50/200/500 nodes vs the floor and Ansible, attestation per node (prints figures)
-	vagrant/scripts/ensure-packages.sh ansible time linux-perf
+	vagrant/scripts/ensure-packages.sh ansible time
 	go test -run '^$$' -bench . -benchtime 20x ./installer/engine
 	CASTELLAN_REQUIRE_REAL_PEERS=1 go test -run '^$$' -bench . -benchtime 2x -timeout 30m ./installer/ssh
 	CASTELLAN_REQUIRE_REAL_PEERS=1 CASTELLAN_BENCH_NODES=$(BENCH_NODES) go test -run '^$$' -bench Scale -benchtime 3x -timeout 60m ./installer

@@ -17,6 +17,9 @@ budget=${FUZZTIME:-5000x}
 slow_budget=${FUZZTIME_SLOW:-500x}
 slow=" FuzzCommandLine FuzzEnsureLine "
 failed=0
+# Listed first, so that a module go list cannot read fails here (set -e)
+# instead of leaving the loop with no package to fuzz.
+pkgs=$(go list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}' ./... | grep .)
 while read -r pkg; do
 	# A package whose tests do not build has no targets to list: that is a
 	# failure, not "no fuzz targets".
@@ -38,6 +41,6 @@ while read -r pkg; do
 			failed=1
 		fi
 	done
-done < <(go list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}' ./... | grep .)
+done <<<"$pkgs"
 rm -f /tmp/castellan-fuzz.$$
 exit "$failed"
