@@ -156,16 +156,31 @@ func benchScale(b *testing.B, n int) {
 }
 
 // decomposition runs each command once more under perf and tells, per node,
-// which processes the nodes' CPU went to.
+// which processes the nodes' CPU went to. The last column is the nodes'
+// cgroup CPU over that same run: perf's samples add its own cost to what
+// they sample, so the row is read as shares of that total.
 func decomposition(b *testing.B, lab *sshtest.Lab, n int, cmds map[string][]string) string {
-	out := "\nnode CPU per node by process (perf, one extra run each):\n\n| | sshd | login shell, launcher, tools | sudo | agent | other |\n|---|---|---|---|---|---|\n"
+	out := "\nnode CPU per node by process (perf, one extra run each):\n\n| | sshd | login shell, launcher, tools | sudo | agent | other | sampled total | cgroup total, same run |\n|---|---|---|---|---|---|---|---|\n"
 	for _, name := range slices.Sorted(maps.Keys(cmds)) {
+		before, err := lab.NodeCPU()
+		if err != nil {
+			b.Fatal(err)
+		}
 		by, err := lab.NodeCPUByProcess(b.TempDir(), cmds[name]...)
 		if err != nil {
 			return fmt.Sprintf("\nno breakdown by process: %v\n", err)
 		}
-		ms := func(class string) float64 { return float64(by[class].Microseconds()) / 1000 / float64(n) }
-		out += fmt.Sprintf("| %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.1f ms |\n", name, ms("sshd"), ms("shell"), ms("sudo"), ms("agent"), ms("other"))
+		after, err := lab.NodeCPU()
+		if err != nil {
+			b.Fatal(err)
+		}
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
+		var sampled time.Duration
+		for _, d := range by {
+			sampled += d
+		}
+		out += fmt.Sprintf("| %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.1f ms |\n", name,
+			ms(by["sshd"]), ms(by["shell"]), ms(by["sudo"]), ms(by["agent"]), ms(by["other"]), ms(sampled), ms(after-before))
 	}
 	return out
 }
