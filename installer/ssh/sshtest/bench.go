@@ -3,7 +3,9 @@ package sshtest
 import (
 	"context"
 	"fmt"
-	"syscall"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 
 	castssh "castellan/installer/ssh"
@@ -11,17 +13,39 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// PeakRSS is the peak resident set size of this process so far, in bytes
-// (getrusage ru_maxrss).
+// PeakRSS is the peak resident set size of this process since it started
+// or since the last ResetPeakRSS, in bytes (VmHWM in /proc/self/status,
+// proc(5)); 0 when it cannot be read.
 func PeakRSS() int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
 		return 0
 	}
-	return ru.Maxrss * 1024
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb << 10
+		}
+	}
+	return 0
 }
 
-// ReportPeakRSS adds the process's peak RSS to the benchmark's metrics.
+// ResetPeakRSS sets this process's peak RSS to its current RSS (writing 5
+// to /proc/self/clear_refs, proc(5), Linux 4.0 and later), so that
+// PeakRSS then measures one part of a benchmark rather than everything
+// before it (the lab's setup, earlier sub-benchmarks).
+func ResetPeakRSS() error {
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		return fmt.Errorf("resetting the peak RSS: %w", err)
+	}
+	return nil
+}
+
+// ReportPeakRSS adds the process's peak RSS since the last ResetPeakRSS
+// to the benchmark's metrics.
 func ReportPeakRSS(b *testing.B) {
 	b.ReportMetric(float64(PeakRSS())/(1<<20), "peak-RSS-MB")
 }

@@ -2,6 +2,8 @@ package sshtest_test
 
 import (
 	"maps"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -84,4 +86,31 @@ func FuzzParsePerfByComm(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestResetPeakRSS: the peak RSS follows a large allocation, and a reset
+// brings it back down once the memory is returned.
+func TestResetPeakRSS(t *testing.T) {
+	base := sshtest.PeakRSS()
+	if base <= 0 {
+		t.Fatal("PeakRSS read nothing from /proc/self/status")
+	}
+	big := make([]byte, 256<<20)
+	for i := 0; i < len(big); i += 4096 {
+		big[i] = 1
+	}
+	high := sshtest.PeakRSS()
+	if high < base+200<<20 {
+		t.Fatalf("peak RSS %d MB after touching 256 MB, was %d MB", high>>20, base>>20)
+	}
+	runtime.KeepAlive(big)
+	big = nil
+	runtime.GC()
+	debug.FreeOSMemory()
+	if err := sshtest.ResetPeakRSS(); err != nil {
+		t.Fatal(err)
+	}
+	if low := sshtest.PeakRSS(); low > high-200<<20 {
+		t.Errorf("peak RSS %d MB after the memory was returned and a reset, was %d MB", low>>20, high>>20)
+	}
 }
