@@ -19,10 +19,10 @@ import (
 type cpuAccount struct {
 	dir string
 	v2  bool
-	// perfDir is the same processes' cgroup in the hierarchy perf_event
-	// uses, and perfName its path from that hierarchy's root (what `perf
-	// record -G` takes): dir itself when that hierarchy is dir's; "" when
-	// no hierarchy has perf_event.
+	// perfName is the cgroup's path from the root of the hierarchy that
+	// holds perf_event (what `perf record -G` takes), "" when no hierarchy
+	// has perf_event; perfDir is that cgroup when the hierarchy is not
+	// dir's own ("" when it is), which needs the same processes too.
 	perfDir, perfName string
 }
 
@@ -53,17 +53,15 @@ func newCPUAccount(id string) (*cpuAccount, error) {
 		}
 		a := &cpuAccount{dir: dir, v2: r.v2}
 		if root := perfEventRoot(); root != "" {
+			a.perfName = "castellan-sshtest-" + id
 			if root != r.path {
 				sweepCgroups(root)
+				if err := os.Mkdir(filepath.Join(root, a.perfName), 0o755); err != nil {
+					a.remove()
+					return nil, fmt.Errorf("creating the perf_event cgroup: %w", err)
+				}
+				a.perfDir = filepath.Join(root, a.perfName)
 			}
-			a.perfDir = filepath.Join(root, "castellan-sshtest-"+id)
-			if root == r.path {
-				a.perfDir = dir
-			} else if err := os.Mkdir(a.perfDir, 0o755); err != nil {
-				a.remove()
-				return nil, fmt.Errorf("creating the perf_event cgroup: %w", err)
-			}
-			a.perfName = "castellan-sshtest-" + id
 		}
 		return a, nil
 	}
@@ -107,7 +105,7 @@ func perfEventRoot() string {
 
 func (a *cpuAccount) add(pid int) error {
 	for _, dir := range []string{a.dir, a.perfDir} {
-		if dir == "" || (dir == a.perfDir && a.perfDir == a.dir) {
+		if dir == "" {
 			continue
 		}
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
@@ -167,9 +165,9 @@ func (l *Lab) NodeCPU() (time.Duration, error) {
 
 // NodeCPUByProcess runs argv once under perf and returns the CPU time the
 // lab's nodes used meanwhile (the processes in the lab's cgroup, not the
-// rest of the host) by ProcessClass; see the package's NodeCPUByProcess.
+// rest of the host) by ProcessClass; see nodeCPUByProcess.
 // Errors: the lab was made without Options.CPUAccounting, no cgroup
-// hierarchy has perf_event, and those of NodeCPUByProcess.
+// hierarchy has perf_event, and those of nodeCPUByProcess.
 func (l *Lab) NodeCPUByProcess(dir string, argv ...string) (map[string]time.Duration, error) {
 	if l.cpu == nil {
 		return nil, errors.New("sshtest: the lab was made without Options.CPUAccounting")
@@ -177,5 +175,5 @@ func (l *Lab) NodeCPUByProcess(dir string, argv ...string) (map[string]time.Dura
 	if l.cpu.perfName == "" {
 		return nil, errors.New("sshtest: no cgroup hierarchy with perf_event is mounted (cgroup2, or v1 with -o perf_event), so perf cannot tell the nodes from the host")
 	}
-	return NodeCPUByProcess(dir, l.cpu.perfName, argv...)
+	return nodeCPUByProcess(dir, l.cpu.perfName, argv...)
 }

@@ -34,7 +34,7 @@ func ProcessClass(comm string) string {
 	return "other"
 }
 
-// NodeCPUByProcess runs argv once under `perf record -a -G cgroup` (the
+// nodeCPUByProcess runs argv once under `perf record -a -G cgroup` (the
 // cpu-clock event on every CPU, 1000 samples per second each, counted only
 // for the processes in cgroup, a path from the root of the hierarchy that
 // holds perf_event; perf-record(1)) with its data file in dir, and returns
@@ -42,7 +42,7 @@ func ProcessClass(comm string) string {
 // Each figure is good to a few percent.
 // Errors: perf missing or refused (perf_event_paranoid, no permission),
 // argv failing, or a report with no process of the nodes in it.
-func NodeCPUByProcess(dir, cgroup string, argv ...string) (map[string]time.Duration, error) {
+func nodeCPUByProcess(dir, cgroup string, argv ...string) (map[string]time.Duration, error) {
 	if _, err := exec.LookPath("perf"); err != nil {
 		return nil, errors.New("perf is not installed (Debian package linux-perf; make bench installs it)")
 	}
