@@ -260,21 +260,21 @@ func (g gatherer) ports(want []facts.Port) []facts.Port {
 			inUse[fmt.Sprintf("%s/%d", strings.TrimSuffix(proto, "6"), s.Local.Port())] = s.Inode
 		}
 	}
-	held := map[uint64]bool{}
-	for _, p := range want {
-		if inode, used := inUse[fmt.Sprintf("%s/%d", p.Protocol, p.Port)]; used {
-			held[inode] = true
-		}
-	}
-	owners := g.socketOwners(held)
 	out := make([]facts.Port, 0, len(want))
-	for _, p := range want {
-		inode, used := inUse[fmt.Sprintf("%s/%d", p.Protocol, p.Port)]
-		p.InUse = used
-		if used {
-			p.Process = owners[inode]
+	inodes := make([]uint64, len(want)) // of out[i], when in use
+	held := map[uint64]bool{}
+	for i, p := range want {
+		inodes[i], p.InUse = inUse[fmt.Sprintf("%s/%d", p.Protocol, p.Port)]
+		if p.InUse {
+			held[inodes[i]] = true
 		}
 		out = append(out, p)
+	}
+	owners := g.socketOwners(held)
+	for i := range out {
+		if out[i].InUse {
+			out[i].Process = owners[inodes[i]]
+		}
 	}
 	return out
 }
